@@ -1,0 +1,28 @@
+"""Process set-up shared by every entry point (stage commands, flows, chat, benchmarks).
+
+Kept out of import time on purpose: importing a module of this project never changes the
+environment or logging; only an entry point's `main` calls `prepare_process`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+TELEMETRY_OFF = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "DO_NOT_TRACK": "1",
+}
+NOISY_LOGGERS = ("great_expectations", "absl", "h5py", "alembic", "mlflow.store.db.utils")
+
+
+def prepare_process(level: int = logging.INFO) -> None:
+    """Turns telemetry off, quiets chatty libraries and sets up plain logging."""
+    for name, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner hides real errors
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

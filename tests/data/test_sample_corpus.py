@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from maeum import corpus as schema
 from maeum import sample_corpus as sc
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ SCALE_N = 6000
 
 
 def _group(code: str) -> str:
-    return next(name for name, (first, last) in sc.EMOTION_GROUPS.items() if first <= code <= last)
+    return next(name for name, (first, last) in schema.EMOTION_GROUPS.items() if first <= code <= last)
 
 
 @pytest.fixture(scope="module")
@@ -74,16 +75,16 @@ def _check_record(record: dict) -> None:
     assert set(profile["emotion"]) == {"emotion-id", "type", "situation"}
     assert set(talk) == {"id", "content"}
     assert set(talk["id"]) == {"profile-id", "talk-id"}
-    assert list(talk["content"]) == list(sc.TURN_KEYS)
+    assert list(talk["content"]) == list(schema.TURN_KEYS)
 
     age, gender = profile["persona"]["human"]
-    assert age in sc.AGE_CODES and gender in sc.GENDER_CODES  # persona codes in range
-    assert profile["persona"]["computer"] == list(sc.COMPUTER_CODES)
-    assert profile["persona"]["persona-id"] == f"{age}_{gender}_{sc.COMPUTER_CODES[0]}"  # id matches its list
+    assert age in schema.AGE_CODES and gender in schema.GENDER_CODES  # persona codes in range
+    assert profile["persona"]["computer"] == list(schema.COMPUTER_CODES)
+    assert profile["persona"]["persona-id"] == f"{age}_{gender}_{sc.COMPUTER}"  # id matches its list
 
     situation, disease = profile["emotion"]["situation"]
     code = profile["emotion"]["type"]
-    assert situation in sc.SITUATION_CODES and disease in sc.DISEASE_CODES  # emotion codes in range
+    assert situation in schema.SITUATION_CODES and disease in schema.DISEASE_CODES  # emotion codes in range
     assert code in sc.EMOTION_NAMES and re.fullmatch(r"E[1-6]\d", code)
     assert profile["emotion"]["emotion-id"] == f"{situation}_{disease}_{code}"  # id matches its parts
 
@@ -92,7 +93,7 @@ def _check_record(record: dict) -> None:
     assert re.fullmatch(re.escape(profile["persona-id"]) + r"_\d{5}", talk["id"]["talk-id"])
 
     content = talk["content"]
-    assert all(isinstance(content[key], str) for key in sc.TURN_KEYS)
+    assert all(isinstance(content[key], str) for key in schema.TURN_KEYS)
     assert all(content[key].strip() for key in ("HS01", "SS01", "HS02", "SS02"))  # no other empty turns
     assert bool(content["HS03"]) == bool(content["SS03"])  # a missing third pair is missing on both sides
     assert not re.search(r"[{}\[\]|/]", "".join(content.values()))  # no unrendered template markup
@@ -121,15 +122,15 @@ def test_validation_profiles_follow_training_profiles(train, validation):
 def test_training_covers_every_emotion_group_and_most_situations(train):
     groups = Counter(_group(r["profile"]["emotion"]["type"]) for r in train)
     situations = {r["profile"]["emotion"]["situation"][0] for r in train}
-    assert set(groups) == set(sc.EMOTION_GROUPS)
+    assert set(groups) == set(schema.EMOTION_GROUPS)
     assert len(situations) >= MIN_SITUATIONS
 
 
 def test_every_situation_appears_at_full_size():
     dialogues = sc.generate_dialogues(SCALE_N, sc.DEFAULT_SEED)
-    assert {r["profile"]["emotion"]["situation"][0] for r in dialogues} == set(sc.SITUATION_CODES)
-    assert {r["profile"]["emotion"]["situation"][1] for r in dialogues} == set(sc.DISEASE_CODES)
-    assert {r["profile"]["persona"]["human"][0] for r in dialogues} == set(sc.AGE_CODES)
+    assert {r["profile"]["emotion"]["situation"][0] for r in dialogues} == set(schema.SITUATION_CODES)
+    assert {r["profile"]["emotion"]["situation"][1] for r in dialogues} == set(schema.DISEASE_CODES)
+    assert {r["profile"]["persona"]["human"][0] for r in dialogues} == set(schema.AGE_CODES)
 
 
 def test_both_two_and_three_turn_dialogues(train):
@@ -157,15 +158,15 @@ def test_training_has_thousands_of_distinct_tokens(train):
 
 # === Phrase banks ===
 def test_every_situation_has_an_event_for_every_emotion_group():
-    for situation in sc.SITUATION_CODES:
-        for group in sc.EMOTION_GROUPS:
+    for situation in schema.SITUATION_CODES:
+        for group in schema.EMOTION_GROUPS:
             assert sc._candidates(situation, group, "A02"), (situation, group)
 
 
 def test_every_age_finds_a_fitting_event_where_its_situations_are_drawn():
     for age, weights in sc.SITUATION_WEIGHTS.items():
         for situation in (s for s, w in weights.items() if w):
-            for group in sc.EMOTION_GROUPS:
+            for group in schema.EMOTION_GROUPS:
                 events = sc._candidates(situation, group, age)
                 assert all(not e.ages or age in e.ages for e in events), (age, situation, group)
 

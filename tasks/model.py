@@ -1,0 +1,80 @@
+"""model stage: settle which base model every later stage loads.
+
+`model.preset: tiny` builds the Gemma2-shaped tiny base from the training split and
+`model.seed` (tokenizer, seeded weights, a short plain-text pretraining) and saves it as a
+keras-hub preset folder. A real preset (`gemma2_instruct_2b_en`, `gemma2_2b_en`, or a local
+preset folder) is resolved through kagglehub or the folder, and only a pointer is written, so
+gigabytes of weights never enter the DVC cache. Either way `models/base/base.json` names the
+folder that tokenize, train, evaluate and chat load: the *same* base everywhere.
+
+    python -m tasks.model [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pandas as pd
+
+from maeum import atomic, gemma
+from maeum.config import Params, load_params
+from maeum.runtime import prepare_process
+
+log = logging.getLogger(__name__)
+
+
+def tiny_base_texts(train_examples: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Text for the tiny tokenizer (whole formatted examples) and for pretraining (plain utterances).
+
+    Returns:
+        (tokenizer texts, pretraining texts). Pretraining sees each utterance once and no chat
+        markers, so the base learns the language but not the assistant's turn-taking.
+    """
+    tokenizer_texts = (train_examples["prompt"] + train_examples["response"]).tolist()
+    utterances = pd.unique(pd.concat([train_examples["user_text"], train_examples["response_text"]], ignore_index=True))
+    return tokenizer_texts, [str(u) for u in utterances]
+
+
+def run(params: Params) -> dict:
+    """The stage: writes `model.base_dir` for the configured preset (see module docstring); returns its pointer."""
+    base_dir = params.model.base_dir
+    if params.model.preset != "tiny":
+        path = gemma.resolve_base(params.model)
+        with atomic.atomic_dir(base_dir) as staging:
+            gemma.write_base_pointer(staging, params.model.preset, path.resolve())
+        log.info("base %s -> %s", params.model.preset, path)
+        return gemma.read_base_pointer(base_dir)
+    train_examples = pd.read_parquet(params.preprocess.out_dir / "train.parquet")
+    tokenizer_texts, pretrain_texts = tiny_base_texts(train_examples)
+    causal_lm = gemma.build_tiny_base(tokenizer_texts, pretrain_texts, params.model, jit_compile=params.train.jit_compile)
+    with atomic.atomic_dir(base_dir) as staging:
+        causal_lm.save_to_preset(str(staging / gemma.TINY_PRESET_DIR))
+        gemma.write_base_pointer(
+            staging,
+            "tiny",
+            gemma.TINY_PRESET_DIR,  # relative to base_dir, so the folder can move with it
+            {"seed": params.model.seed, "parameters": int(causal_lm.backbone.count_params()),
+             "vocabulary_size": int(causal_lm.backbone.vocabulary_size)},
+        )  # fmt: skip
+    log.info("tiny base: %d parameters, vocabulary %d", causal_lm.backbone.count_params(), causal_lm.backbone.vocabulary_size)
+    return gemma.read_base_pointer(base_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
+    args = parser.parse_args(argv)
+    prepare_process()
+    params = load_params(args.params)
+    try:
+        run(params)
+    except gemma.WeightsUnavailable as error:
+        print(f"model: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

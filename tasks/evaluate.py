@@ -1,0 +1,184 @@
+"""evaluate stage: is the tuned model better than its base, and how does it answer?
+
+On the validation split: response-token loss and perplexity of the base (LoRA off) and of the
+tuned model (the last epoch's adapter); replies of both to a fixed set of validation prompts,
+scored against the reference replies with chrF (sacrebleu) and for variety with distinct-1/2.
+Writes DVC metrics and plots, a side-by-side report, and logs the numbers to the training's
+MLflow run.
+
+    python -m tasks.evaluate [--params params.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from maeum import atomic, gemma, tracking
+from maeum.config import Params, load_params
+from maeum.runtime import prepare_process
+from tasks.tokenize import TokenizedSplit
+from tasks.train import RUN_FILE, padded_arrays
+
+log = logging.getLogger(__name__)
+
+LOSS_PLOT_FILE = "loss_per_epoch.json"
+REPORT_FILE = "report.md"
+
+
+# === Core: scores ===
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Unique n-grams over all n-grams of whitespace tokens, across all texts (0 when there are none)."""
+    total, unique = 0, set()
+    for text in texts:
+        tokens = text.split()
+        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+        total += len(grams)
+        unique.update(grams)
+    return len(unique) / total if total else 0.0
+
+
+def chrf(hypotheses: list[str], references: list[str]) -> float:
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
+
+
+def response_loss(causal_lm: Any, split: TokenizedSplit, sequence_length: int, batch_size: int) -> float:
+    """Mean cross-entropy over the weighted (response) tokens of `split`."""
+    import keras
+
+    causal_lm.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
+        weighted_metrics=[],
+    )
+    x, y, weights = padded_arrays(split, sequence_length)
+    # One batch per call would average batch means; summing per-token losses keeps it a true token mean.
+    total, count = 0.0, 0.0
+    for start in range(0, len(y), batch_size):
+        stop = start + batch_size
+        logits = causal_lm.predict_on_batch({k: v[start:stop] for k, v in x.items()})
+        per_token = keras.ops.convert_to_numpy(
+            keras.losses.sparse_categorical_crossentropy(y[start:stop], logits, from_logits=True)
+        )
+        total += float((per_token * weights[start:stop]).sum())
+        count += float(weights[start:stop].sum())
+    return total / count
+
+
+def compare_models(base: gemma.LoadedBase, adapter: Path, lora_rank: int, validation: TokenizedSplit,
+                   references: list[str], params: Params) -> tuple[dict[str, float], list[dict[str, str]]]:  # fmt: skip
+    """Scores the base, then loads the adapter into the same model and scores it again.
+
+    Returns:
+        The metrics and, per evaluated prompt, the prompt, reference, base and tuned reply.
+    """
+    evaluate, train = params.evaluate, params.train
+    count = min(evaluate.num_generations, len(validation))
+    prompts = [validation.prompt(i).tolist() for i in range(count)]
+    generator = gemma.ReplyGenerator(base, prompt_budget=train.sequence_length, max_new_tokens=evaluate.max_new_tokens)
+    eval_batch = max(train.batch_size, 8)
+
+    base_loss = response_loss(base.causal_lm, validation, train.sequence_length, eval_batch)
+    base_replies = generator.generate_text(prompts)
+
+    base.causal_lm.backbone.enable_lora(rank=lora_rank)
+    base.causal_lm.backbone.load_lora_weights(str(adapter))
+    tuned_loss = response_loss(base.causal_lm, validation, train.sequence_length, eval_batch)
+    base.causal_lm.generate_function = None  # the LoRA variables are new; trace generation again
+    tuned_replies = generator.generate_text(prompts)
+
+    refs = references[:count]
+    metrics = {
+        "val_loss_base": base_loss,
+        "val_loss_tuned": tuned_loss,
+        "perplexity_base": math.exp(base_loss),
+        "perplexity_tuned": math.exp(tuned_loss),
+        "chrf": chrf(tuned_replies, refs),
+        "chrf_base": chrf(base_replies, refs),
+        "distinct_1": distinct_n(tuned_replies, 1),
+        "distinct_2": distinct_n(tuned_replies, 2),
+        "distinct_1_base": distinct_n(base_replies, 1),
+        "distinct_2_base": distinct_n(base_replies, 2),
+        "generations": count,
+    }
+    rows = [{"prompt": generator.detokenize(p), "reference": r, "base": b, "tuned": t}
+            for p, r, b, t in zip(prompts, refs, base_replies, tuned_replies)]  # fmt: skip
+    return metrics, rows
+
+
+def markdown_report(metrics: dict[str, Any], rows: list[dict[str, str]], run: dict[str, Any]) -> str:
+    lines = [
+        "# maeum evaluation",
+        "",
+        f"MLflow run `{run.get('run_id')}` · preset `{run.get('preset')}` · LoRA rank {run.get('lora_rank')} · "
+        f"data `{str(run.get('data_version'))[:12]}` · adapter `{run.get('last_adapter')}`",
+        "",
+        "| metric | base | tuned |",
+        "|---|---|---|",
+        f"| validation loss (response tokens) | {metrics['val_loss_base']:.4f} | {metrics['val_loss_tuned']:.4f} |",
+        f"| perplexity | {metrics['perplexity_base']:.2f} | {metrics['perplexity_tuned']:.2f} |",
+        f"| chrF | {metrics['chrf_base']:.2f} | {metrics['chrf']:.2f} |",
+        f"| distinct-1 / distinct-2 | {metrics['distinct_1_base']:.3f} / {metrics['distinct_2_base']:.3f} | "
+        f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f} |",
+        "",
+        "## Replies side by side",
+        "",
+    ]
+    for number, row in enumerate(rows, start=1):
+        prompt = row["prompt"].replace("\n", "  \n")
+        lines += [f"### {number}", "", "```", prompt, "```", "",
+                  f"- **reference:** {row['reference']}", f"- **base:** {row['base'] or '(empty)'}",
+                  f"- **tuned:** {row['tuned'] or '(empty)'}", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+# === Edge ===
+
+
+def run(params: Params) -> dict[str, Any]:
+    """The stage: metrics, plots and report files, and the same numbers in the training's MLflow run."""
+    import mlflow
+    import pandas as pd
+
+    run = json.loads((params.train.out_dir / RUN_FILE).read_text(encoding="utf-8"))
+    validation = TokenizedSplit.load(params.tokenize.out_dir / "validation.npz")
+    references = pd.read_parquet(params.preprocess.out_dir / "validation.parquet", columns=["response_text"])["response_text"].tolist()
+    base = gemma.load_base(params.model.base_dir)
+    metrics, rows = compare_models(base, params.train.out_dir / run["last_adapter"], run["lora_rank"], validation, references, params)
+    log.info("metrics: %s", metrics)
+
+    out = params.evaluate.out_dir
+    loss_curve = [{"epoch": e["epoch"], "train_loss": e["train_loss"], "val_loss": e["val_loss"]} for e in run["epochs"]]
+    report = markdown_report(metrics, rows, run)
+    atomic.write_json(out / LOSS_PLOT_FILE, loss_curve)
+    atomic.write_text(out / REPORT_FILE, report)
+    atomic.write_json(params.evaluate.metrics_file, metrics)
+
+    tracking.setup(params.tracking.experiment)
+    with mlflow.start_run(run_id=run["run_id"]):
+        mlflow.log_metrics(tracking.plain_metrics(metrics))
+        mlflow.log_text(report, "evaluation/report.md")
+        mlflow.log_table(pd.DataFrame(rows), "evaluation/replies.json")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
+    args = parser.parse_args(argv)
+    prepare_process()
+    metrics = run(load_params(args.params))
+    print(f"evaluate: val_loss base {metrics['val_loss_base']:.4f} -> tuned {metrics['val_loss_tuned']:.4f}, chrF {metrics['chrf']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

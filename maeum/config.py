@@ -111,6 +111,8 @@ class EvaluateParams:
     metrics_file: Path = Path("reports/evaluate/metrics.json")
     num_generations: int = 16
     max_new_tokens: int = 48
+    safety_rules: Path = Path("data/safety/rules.yaml")
+    safety_eval_set: Path = Path("data/safety/eval_set.yaml")
 
 
 @dataclass(frozen=True)

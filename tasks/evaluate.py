@@ -114,6 +114,24 @@ def compare_models(base: gemma.LoadedBase, adapter: Path, lora_rank: int, valida
     return metrics, rows
 
 
+def safety_metrics(rules_path: Path, eval_path: Path) -> dict[str, float]:
+    """How the crisis screen does on the project's crisis/safe set, so every run shows it.
+
+    `heldout` holds messages the rules were never tuned on: the honest estimate for new wording.
+    """
+    from tasks import safety
+
+    rules = safety.load_rules(rules_path)
+    metrics = {}
+    for section, prefix in ((safety.MAIN_SECTION, "safety"), (safety.HELDOUT_SECTION, "safety_heldout")):
+        scores = safety.evaluate_screen(eval_path, rules, section=section)
+        metrics[f"{prefix}_crisis_recall"] = scores["crisis_recall"]
+        metrics[f"{prefix}_crisis_missed"] = scores["crisis_total"] - scores["crisis_detected"]
+        metrics[f"{prefix}_false_positives"] = scores["false_positives"]
+        metrics[f"{prefix}_harmful_replies_missed"] = scores["reply_harmful_total"] - scores["reply_harmful_detected"]
+    return metrics
+
+
 def markdown_report(metrics: dict[str, Any], rows: list[dict[str, str]], run: dict[str, Any]) -> str:
     lines = [
         "# maeum evaluation",
@@ -128,6 +146,9 @@ def markdown_report(metrics: dict[str, Any], rows: list[dict[str, str]], run: di
         f"| chrF | {metrics['chrf_base']:.2f} | {metrics['chrf']:.2f} |",
         f"| distinct-1 / distinct-2 | {metrics['distinct_1_base']:.3f} / {metrics['distinct_2_base']:.3f} | "
         f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f} |",
+        f"Crisis screen (data/safety): recall {metrics['safety_crisis_recall']:.2f} with "
+        f"{metrics['safety_false_positives']} false positives on the project set; recall "
+        f"{metrics['safety_heldout_crisis_recall']:.2f} on held-out wording it was not tuned on.",
         "",
         "## Replies side by side",
         "",
@@ -153,6 +174,7 @@ def run(params: Params) -> dict[str, Any]:
     references = pd.read_parquet(params.preprocess.out_dir / "validation.parquet", columns=["response_text"])["response_text"].tolist()
     base = gemma.load_base(params.model.base_dir)
     metrics, rows = compare_models(base, params.train.out_dir / run["last_adapter"], run["lora_rank"], validation, references, params)
+    metrics.update(safety_metrics(params.evaluate.safety_rules, params.evaluate.safety_eval_set))
     log.info("metrics: %s", metrics)
 
     out = params.evaluate.out_dir

@@ -65,6 +65,7 @@ def test_training_lowers_validation_loss_below_the_base(trained):
     assert metrics["perplexity_tuned"] < metrics["perplexity_base"]
     assert [e.epoch for e in result.epochs] == [1, 2]
     assert result.epochs[1].val_loss < result.epochs[0].val_loss
+    assert metrics["safety_crisis_recall"] == 1.0 and metrics["safety_false_positives"] == 0  # the project set, every run
     for key in ("chrf", "distinct_1", "distinct_2"):
         assert 0 <= metrics[key] <= (100 if key == "chrf" else 1)
 

@@ -94,7 +94,11 @@ class TrainParams:
     lora_rank: int = 2
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
-    batch_size: int = 1
+    batch_size: int = 8
+    padding: Literal["bucket", "fixed"] = "bucket"
+    bucket_boundaries: tuple[int, ...] = (64, 128, 192, 256)
+    precision: Literal["float32", "bfloat16", "mixed_bfloat16"] = "float32"
+    backend: Literal["tensorflow", "jax"] = "tensorflow"
     epochs: int = 2
     seed: int = 42
     shuffle: bool = True
@@ -212,6 +216,11 @@ def _coerce(hint: Any, value: Any, path: Path, key: str) -> Any:
             return None
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{path}: {key} must be a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(item, v, path, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ParamsError(f"{path}: {key} must be a mapping, got {value!r}")

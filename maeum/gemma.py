@@ -144,12 +144,14 @@ def kaggle_credentials_present() -> bool:
     ) or KAGGLE_CREDENTIAL_FILE.exists()
 
 
-def kaggle_download(handle: str) -> Path:
+def kaggle_download(handle: str, local_hint: str | None = None) -> Path:
     """Downloads (or finds in `KAGGLEHUB_CACHE`) a Kaggle model; turns every failure into one clear message.
 
     Args:
         handle: a versioned handle such as `keras/gemma2/keras/gemma2_instruct_2b_en/1`; with a
             version and a complete cache entry, kagglehub answers from the cache offline.
+        local_hint: the offline alternative the message suggests; defaults to a local preset folder
+            (adapters pass their own: a local adapter file).
 
     Returns:
         The local folder holding the files.
@@ -161,7 +163,7 @@ def kaggle_download(handle: str) -> Path:
     import requests
 
     cache = os.environ.get("KAGGLEHUB_CACHE", "~/.cache/kagglehub")
-    local_hint = (
+    local_hint = local_hint or (
         "Or copy a keras-hub preset folder to this machine and set model.preset to its path "
         "(e.g. `dvc exp run -S model.preset=/data/presets/gemma2_instruct_2b_en`)."
     )
@@ -238,15 +240,22 @@ class LoadedBase:
         return self.tokenizer.token_to_id(END_OF_TURN)
 
 
-def load_base(base_dir: Path) -> LoadedBase:
-    """Loads the base recorded by the model stage; the same call in train, evaluate and chat."""
+def load_base(base_dir: Path, precision: str = "float32") -> LoadedBase:
+    """Loads the base recorded by the model stage; the same call in train, evaluate and chat.
+
+    Args:
+        base_dir: `model.base_dir`, holding the model stage's `base.json`.
+        precision: `train.precision`: float32, bfloat16 (weights and compute) or mixed_bfloat16
+            (float32 weights, bfloat16 compute). LoRA factors stay trainable in either.
+    """
     import keras_hub
 
     pointer = read_base_pointer(base_dir)
     path = Path(pointer["path"])
     if not path.is_absolute():
         path = base_dir / path
-    causal_lm = keras_hub.models.GemmaCausalLM.from_preset(str(path))
+    dtype = None if precision == "float32" else precision
+    causal_lm = keras_hub.models.GemmaCausalLM.from_preset(str(path), dtype=dtype)
     tokenizer = causal_lm.preprocessor.tokenizer
     causal_lm.preprocessor = None  # every caller feeds token ids built by maeum.dialogue
     return LoadedBase(causal_lm=causal_lm, tokenizer=tokenizer, preset=pointer["preset"], path=path)

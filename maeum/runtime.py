@@ -18,10 +18,18 @@ TELEMETRY_OFF = {
 NOISY_LOGGERS = ("great_expectations", "absl", "h5py", "alembic", "mlflow.store.db.utils")
 
 
-def prepare_process(level: int = logging.INFO) -> None:
-    """Turns telemetry off, quiets chatty libraries and sets up plain logging."""
+def prepare_process(level: int = logging.INFO, backend: str | None = None) -> None:
+    """Turns telemetry off, quiets chatty libraries, sets up plain logging and picks the Keras backend.
+
+    Args:
+        level: logging level.
+        backend: `train.backend`; applied only if KERAS_BACKEND is not already set, and only
+            takes effect when called before the first `import keras` of the process.
+    """
     for name, value in TELEMETRY_OFF.items():
         os.environ.setdefault(name, value)
+    if backend:
+        os.environ.setdefault("KERAS_BACKEND", backend)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner hides real errors
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in NOISY_LOGGERS:

@@ -19,16 +19,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from maeum import atomic, gemma, tracking
-from maeum.config import Params, load_params
+from maeum import atomic, batching, gemma, tracking
+from maeum.config import Params, TrainParams, load_params
 from maeum.runtime import prepare_process
 from tasks.tokenize import TokenizedSplit
-from tasks.train import RUN_FILE, padded_arrays
+from tasks.train import RUN_FILE, boundaries_for
 
 log = logging.getLogger(__name__)
 
 LOSS_PLOT_FILE = "loss_per_epoch.json"
 REPORT_FILE = "report.md"
+EVAL_BATCH_SIZE = 8  # scoring needs no gradients, so batch wider than training when it is at 1
 
 
 # === Core: scores ===
@@ -51,25 +52,19 @@ def chrf(hypotheses: list[str], references: list[str]) -> float:
     return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
 
 
-def response_loss(causal_lm: Any, split: TokenizedSplit, sequence_length: int, batch_size: int) -> float:
-    """Mean cross-entropy over the weighted (response) tokens of `split`."""
+def response_loss(causal_lm: Any, split: TokenizedSplit, train: TrainParams) -> float:
+    """Mean cross-entropy over the weighted (response) tokens of `split`, batched as training batches them."""
     import keras
 
-    causal_lm.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="mean_with_sample_weight"),
-        weighted_metrics=[],
-    )
-    x, y, weights = padded_arrays(split, sequence_length)
-    # One batch per call would average batch means; summing per-token losses keeps it a true token mean.
+    lengths = split.lengths - 1
+    plans = batching.plan_batches(lengths, boundaries_for(train), max(train.batch_size, EVAL_BATCH_SIZE))
+    # Summing per-token losses keeps this a true mean over tokens, not a mean of batch means.
     total, count = 0.0, 0.0
-    for start in range(0, len(y), batch_size):
-        stop = start + batch_size
-        logits = causal_lm.predict_on_batch({k: v[start:stop] for k, v in x.items()})
-        per_token = keras.ops.convert_to_numpy(
-            keras.losses.sparse_categorical_crossentropy(y[start:stop], logits, from_logits=True)
-        )
-        total += float((per_token * weights[start:stop]).sum())
-        count += float(weights[start:stop].sum())
+    for x, y, weights in batching.iterate_batches(split, plans):
+        logits = causal_lm.predict_on_batch(x)
+        per_token = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        total += float((per_token * weights).sum())
+        count += float(weights.sum())
     return total / count
 
 
@@ -84,15 +79,15 @@ def compare_models(base: gemma.LoadedBase, adapter: Path, lora_rank: int, valida
     count = min(evaluate.num_generations, len(validation))
     prompts = [validation.prompt(i).tolist() for i in range(count)]
     generator = gemma.ReplyGenerator(base, prompt_budget=train.sequence_length, max_new_tokens=evaluate.max_new_tokens)
-    eval_batch = max(train.batch_size, 8)
-
-    base_loss = response_loss(base.causal_lm, validation, train.sequence_length, eval_batch)
+    base_loss = response_loss(base.causal_lm, validation, train)
     base_replies = generator.generate_text(prompts)
 
     base.causal_lm.backbone.enable_lora(rank=lora_rank)
     base.causal_lm.backbone.load_lora_weights(str(adapter))
-    tuned_loss = response_loss(base.causal_lm, validation, train.sequence_length, eval_batch)
-    base.causal_lm.generate_function = None  # the LoRA variables are new; trace generation again
+    # The traced predict/generate functions were built before the LoRA variables existed.
+    base.causal_lm.predict_function = None
+    base.causal_lm.generate_function = None
+    tuned_loss = response_loss(base.causal_lm, validation, train)
     tuned_replies = generator.generate_text(prompts)
 
     refs = references[:count]
@@ -172,7 +167,7 @@ def run(params: Params) -> dict[str, Any]:
     run = json.loads((params.train.out_dir / RUN_FILE).read_text(encoding="utf-8"))
     validation = TokenizedSplit.load(params.tokenize.out_dir / "validation.npz")
     references = pd.read_parquet(params.preprocess.out_dir / "validation.parquet", columns=["response_text"])["response_text"].tolist()
-    base = gemma.load_base(params.model.base_dir)
+    base = gemma.load_base(params.model.base_dir, precision=params.train.precision)
     metrics, rows = compare_models(base, params.train.out_dir / run["last_adapter"], run["lora_rank"], validation, references, params)
     metrics.update(safety_metrics(params.evaluate.safety_rules, params.evaluate.safety_eval_set))
     log.info("metrics: %s", metrics)
@@ -196,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
     args = parser.parse_args(argv)
-    prepare_process()
-    metrics = run(load_params(args.params))
+    params = load_params(args.params)
+    prepare_process(backend=params.train.backend)
+    metrics = run(params)
     print(f"evaluate: val_loss base {metrics['val_loss_base']:.4f} -> tuned {metrics['val_loss_tuned']:.4f}, chrF {metrics['chrf']:.2f}")
     return 0
 

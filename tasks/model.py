@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
     args = parser.parse_args(argv)
-    prepare_process()
     params = load_params(args.params)
+    prepare_process(backend=params.train.backend)
     try:
         run(params)
     except gemma.WeightsUnavailable as error:

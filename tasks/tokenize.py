@@ -71,10 +71,38 @@ class TokenizedSplit:
             return cls(**{name: data[name] for name in cls.__dataclass_fields__})
 
 
-def _ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    if not texts:
-        return []
-    return [list(map(int, ids)) for ids in tokenizer(texts)]
+TOKENIZE_CHUNK = 8_192  # texts per tokenizer call: batched (fast) but bounded in memory, with progress
+
+
+@dataclass(frozen=True)
+class RaggedIds:
+    """Token ids of many texts: `flat[splits[i]:splits[i+1]]` belongs to text i."""
+
+    flat: np.ndarray
+    splits: np.ndarray
+
+    def __getitem__(self, index: int) -> list[int]:
+        return self.flat[self.splits[index] : self.splits[index + 1]].tolist()
+
+
+def tokenize_texts(tokenizer: Any, texts: list[str], what: str = "texts") -> RaggedIds:
+    """Tokenizes in large batches (one call per chunk: per-text calls are 10-80x slower), kept as numpy."""
+    import tensorflow as tf
+
+    flats, lengths = [], []
+    # Inside tf.data the tokenizer stays in graph mode and hands back ragged tensors, not Python lists.
+    batches = tf.data.Dataset.from_tensor_slices(tf.constant(texts, dtype=tf.string)).batch(TOKENIZE_CHUNK).map(tokenizer)
+    done = 0
+    for ragged in batches:
+        flats.append(ragged.flat_values.numpy().astype("int32"))
+        lengths.append(ragged.row_lengths().numpy())
+        done += len(lengths[-1])
+        if len(texts) > TOKENIZE_CHUNK:
+            log.info("tokenized %s: %d / %d", what, done, len(texts))
+    splits = np.zeros(len(texts) + 1, dtype="int64")
+    if texts:
+        np.cumsum(np.concatenate(lengths), out=splits[1:])
+    return RaggedIds(np.concatenate(flats) if flats else np.zeros(0, "int32"), splits)
 
 
 def tokenize_examples(
@@ -93,35 +121,38 @@ def tokenize_examples(
     """
     bos = [tokenizer.token_to_id("<bos>")]
     end_of_turn = tokenizer.token_to_id(END_OF_TURN)
-    header, tail = _ids(tokenizer, [USER_HEADER, USER_TAIL])
-    # One batched call per kind of piece: per-example calls are 10-80x slower.
+    fixed = tokenize_texts(tokenizer, [USER_HEADER, USER_TAIL])
+    header, tail = fixed[0], fixed[1]
     block_counts = examples["history_blocks"].map(len).to_numpy()
-    all_blocks = _ids(tokenizer, [block for blocks in examples["history_blocks"] for block in blocks])
-    user_ids = _ids(tokenizer, examples["user_text"].tolist())
-    response_ids = _ids(tokenizer, examples["response_text"].tolist())
+    block_starts = np.concatenate([[0], np.cumsum(block_counts)])
+    blocks = tokenize_texts(tokenizer, [b for blocks in examples["history_blocks"] for b in blocks], "history turns")
+    users = tokenize_texts(tokenizer, examples["user_text"].tolist(), "user turns")
+    responses = tokenize_texts(tokenizer, examples["response_text"].tolist(), "responses")
 
-    ids, weights, offsets, prompt_lengths = [], [], [0], []
+    pieces, prompt_lengths = [], np.zeros(len(examples), dtype="int32")
     dropped_turns = cut_user = cut_response = truncated = 0
-    block_start = 0
-    for count, user, response in zip(block_counts, user_ids, response_ids):
-        history = all_blocks[block_start : block_start + count]
-        block_start += count
-        fitted = fit_to_length(bos, history, header, user, tail, response + [end_of_turn], sequence_length + 1)
-        ids += fitted.prompt + fitted.response
-        prompt_weight = 1.0 if loss_on == "all" else 0.0
-        weights += [prompt_weight] * len(fitted.prompt) + [1.0] * len(fitted.response)
-        offsets.append(len(ids))
-        prompt_lengths.append(len(fitted.prompt))
+    for row in range(len(examples)):
+        history = [blocks[b] for b in range(block_starts[row], block_starts[row + 1])]
+        fitted = fit_to_length(bos, history, header, users[row], tail, responses[row] + [end_of_turn], sequence_length + 1)
+        pieces.append(np.asarray(fitted.prompt + fitted.response, dtype="int32"))
+        prompt_lengths[row] = len(fitted.prompt)
         dropped_turns += fitted.dropped_history_turns
         cut_user += fitted.cut_user_tokens
         cut_response += fitted.cut_response_tokens
         truncated += fitted.truncated
 
+    lengths = np.asarray([len(p) for p in pieces], dtype="int64")
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype("int64")
+    # Position of each id within its example, vectorized: weight 1 from the response on.
+    position = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths)
+    weights = np.ones(offsets[-1], dtype="float32")
+    if loss_on == "response":
+        weights[position < np.repeat(prompt_lengths, lengths)] = 0.0
     split = TokenizedSplit(
-        ids=np.asarray(ids, dtype="int32"),
-        weights=np.asarray(weights, dtype="float32"),
-        offsets=np.asarray(offsets, dtype="int64"),
-        prompt_lengths=np.asarray(prompt_lengths, dtype="int32"),
+        ids=np.concatenate(pieces) if pieces else np.zeros(0, "int32"),
+        weights=weights,
+        offsets=offsets,
+        prompt_lengths=prompt_lengths,
         talk_ids=examples["talk_id"].to_numpy(dtype=str),
         turns=examples["turn"].to_numpy(dtype="int32"),
     )
@@ -165,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
     args = parser.parse_args(argv)
-    prepare_process()
-    run(load_params(args.params))
+    params = load_params(args.params)
+    prepare_process(backend=params.train.backend)
+    run(params)
     return 0
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from maeum import atomic, gemma, tracking
+from maeum import atomic, batching, gemma, tracking
 from maeum.config import Params, TrainParams, load_params
 from maeum.corpus import data_version
 from maeum.runtime import prepare_process
@@ -41,24 +41,49 @@ NO_DECAY = ["bias", "scale"]  # as in the original recipe: norms' scales and bia
 # === Core: batches, model, fit ===
 
 
-def padded_arrays(split: TokenizedSplit, sequence_length: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Pads every example to `sequence_length` inputs (the original recipe's fixed shape).
+def boundaries_for(train: TrainParams) -> list[int]:
+    """Bucket lengths for `train.padding`: the original recipe's one fixed length, or the buckets (capped)."""
+    if train.padding == "fixed":
+        return [train.sequence_length]
+    return sorted({b for b in train.bucket_boundaries if b < train.sequence_length} | {train.sequence_length})
 
-    Returns:
-        x ({"token_ids", "padding_mask"}), y (next-token targets) and sample weights, each of
-        shape (examples, sequence_length); padding has weight 0.
+
+class EpochClock:
+    """Tells the batch generator which epoch it serves, so each epoch's order is a function of (seed, epoch).
+
+    Keras calls `on_epoch_begin` before it opens the epoch's iterator; a run resumed at epoch 3
+    therefore sees the same order at epoch 3 as an uninterrupted run.
     """
-    count = len(split)
-    ids = np.zeros((count, sequence_length + 1), dtype="int32")
-    weights = np.zeros((count, sequence_length + 1), dtype="float32")
-    mask = np.zeros((count, sequence_length + 1), dtype=bool)
-    for row in range(count):
-        example_ids, example_weights = split.example(row)
-        ids[row, : len(example_ids)] = example_ids
-        weights[row, : len(example_weights)] = example_weights
-        mask[row, : len(example_ids)] = True
-    x = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
-    return x, ids[:, 1:], weights[:, 1:]
+
+    def __init__(self):
+        self.epoch = 0
+
+
+def batch_dataset(split: TokenizedSplit, train: TrainParams, clock: EpochClock | None) -> Any:
+    """A `tf.data.Dataset` of (x, y, sample_weight) batches; reshuffled every epoch when `clock` is given.
+
+    Args:
+        split: tokenized examples.
+        train: padding, boundaries, batch size, seed.
+        clock: the current epoch for shuffling; None gives a fixed order (validation).
+    """
+    import tensorflow as tf
+
+    lengths = split.lengths - 1  # inputs are every id but the last
+    boundaries = boundaries_for(train)
+    batch_count = len(batching.plan_batches(lengths, boundaries, train.batch_size))
+
+    def batches():
+        rng = np.random.default_rng([train.seed, clock.epoch]) if clock is not None and train.shuffle else None
+        yield from batching.iterate_batches(split, batching.plan_batches(lengths, boundaries, train.batch_size, rng))
+
+    signature = (
+        {"token_ids": tf.TensorSpec((None, None), tf.int32), "padding_mask": tf.TensorSpec((None, None), tf.bool)},
+        tf.TensorSpec((None, None), tf.int32),
+        tf.TensorSpec((None, None), tf.float32),
+    )
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(batch_count)).prefetch(2)
 
 
 def compile_for_lora(causal_lm: Any, train: TrainParams) -> None:
@@ -168,15 +193,15 @@ def fit_lora(
 
     keras.utils.set_random_seed(train.seed)
     compile_for_lora(base.causal_lm, train)
-    x, y, weights = padded_arrays(train_split, train.sequence_length)
-    validation = padded_arrays(validation_split, train.sequence_length)
-    callbacks = [_epoch_callback(base, train, staging, validation_split.prompt(0), on_epoch)]
+    clock = EpochClock()
+    track_epoch = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs=None: setattr(clock, "epoch", epoch))
+    callbacks = [track_epoch, _epoch_callback(base, train, staging, validation_split.prompt(0), on_epoch)]
     if backup_dir is not None:
         # Last, so an epoch counts as done for a resume only after its adapter and record are written.
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir=str(backup_dir), delete_checkpoint=True))
     base.causal_lm.fit(
-        x, y, sample_weight=weights, validation_data=validation, batch_size=train.batch_size,
-        epochs=train.epochs, shuffle=train.shuffle, callbacks=callbacks, verbose=2,
+        batch_dataset(train_split, train, clock), validation_data=batch_dataset(validation_split, train, None),
+        epochs=train.epochs, shuffle=False, callbacks=callbacks, verbose=2,  # batches are shuffled in batch_dataset
     )  # fmt: skip
 
 
@@ -213,7 +238,7 @@ def run(params: Params, extra_tags: dict[str, str] | None = None) -> TrainingRes
     train_split = TokenizedSplit.load(params.tokenize.out_dir / "train.npz")
     validation_split = TokenizedSplit.load(params.tokenize.out_dir / "validation.npz")
     version = data_version(list(params.data.split_paths.values())).md5
-    base = gemma.load_base(params.model.base_dir)
+    base = gemma.load_base(params.model.base_dir, precision=train.precision)
 
     tracking.setup(params.tracking.experiment)
     run_id_file = checkpoint_dir / RUN_ID_FILE
@@ -270,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
     args = parser.parse_args(argv)
-    prepare_process()
-    result = run(load_params(args.params))
+    params = load_params(args.params)
+    prepare_process(backend=params.train.backend)
+    result = run(params)
     last = result.epochs[-1]
     print(f"train: MLflow run {result.run_id}; epoch {last.epoch} val_loss {last.val_loss:.4f}; {result.last_adapter}")
     return 0

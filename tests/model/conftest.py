@@ -25,6 +25,8 @@ train:
   epochs: 2
 evaluate:
   num_generations: 4
+  safety_rules: {safety_dir}/rules.yaml
+  safety_eval_set: {safety_dir}/eval_set.yaml
 """
 
 
@@ -47,7 +49,7 @@ def working_dir(path: Path, env: dict[str, str]):
 @pytest.fixture(scope="session")
 def pipeline_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("pipeline")
-    (folder / "params.yaml").write_text(PIPELINE_PARAMS.format(raw_dir=SAMPLE_DIR))
+    (folder / "params.yaml").write_text(PIPELINE_PARAMS.format(raw_dir=SAMPLE_DIR, safety_dir=SAMPLE_DIR.parent / "safety"))
     return folder
 
 

@@ -11,7 +11,8 @@ def test_repository_params_load_with_recipe_defaults():
     params = load_params(REPO / "params.yaml")
     assert params.data.raw_dir == Path("data/sample")
     assert params.preprocess.max_history_turns == 4
-    assert (params.train.lora_rank, params.train.batch_size, params.train.epochs) == (2, 1, 2)
+    assert (params.train.lora_rank, params.train.epochs) == (2, 2)
+    assert (params.train.padding, params.train.batch_size) == ("bucket", 8)  # the original recipe: fixed, 1
     assert params.train.learning_rate == pytest.approx(1e-4) and params.train.weight_decay == pytest.approx(0.01)
     assert params.train.sequence_length == 256 and params.train.loss_on == "response"
 

@@ -1,0 +1,286 @@
+"""Chat core: a session that keeps the history, builds each prompt as training did, and screens.
+
+Every prompt is made by `maeum.dialogue.build_prompt` (template and history window) and fitted
+by `maeum.dialogue.fit_to_length` (truncation) from the same pieces `tasks.tokenize` encodes:
+`<bos>`, each history block, the user header, the user text, the user tail. With the same
+`preprocess.max_history_turns` and a budget of `train.sequence_length + 1` ids, turn k of a
+conversation gets exactly the ids training used for turn k of a corpus dialogue.
+
+Safety comes first in each turn. The user's message is screened (`tasks.safety.screen`) before
+the model is called; a flagged message is answered with `CRISIS_RESPONSE` (109 / 1388) and the
+model is not called at all, so none of its words can appear in that turn. A model reply is
+screened too (`tasks.safety.safe_reply`), and a harmful one is replaced.
+
+The history records what the user *saw*: the user's message and the shown reply, so after a
+crisis turn the next prompt carries the message and the crisis response (the model continues a
+conversation in which help was offered, instead of one where the message never happened), and
+a replaced reply never reaches a later prompt. The crisis response is long; the history window
+and the truncation drop it like any other old turn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from maeum import adapters, gemma
+from maeum.config import Params
+from maeum.dialogue import (
+    END_OF_TURN,
+    MODEL,
+    START_OF_TURN,
+    USER,
+    USER_HEADER,
+    USER_TAIL,
+    ChatPrompt,
+    FittedIds,
+    Turn,
+    build_prompt,
+    fit_to_length,
+)
+from tasks import safety
+
+log = logging.getLogger(__name__)
+
+BOS_PIECE = gemma.SPECIAL_PIECES["bos"]
+SAMPLERS = ("greedy", "top_k", "top_p", "random")
+RUN_FILE = "run.json"  # written by tasks.train into train.out_dir (tasks.train.RUN_FILE; not imported: it pulls pandas)
+
+
+# === Prompt encoding: the same pieces and the same fit as tasks.tokenize ===
+
+
+def token_ids(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, tokenized separately (as `tasks.tokenize` does in its batches)."""
+    if not texts:
+        return []
+    return [list(map(int, ids)) for ids in tokenizer(list(texts))]
+
+
+def prompt_budget(params: Params) -> int:
+    """The ids a chat prompt may hold: training's `sequence_length + 1`, with nothing kept for a response."""
+    return params.train.sequence_length + 1
+
+
+def encode_prompt(tokenizer: Any, prompt: ChatPrompt, max_tokens: int) -> FittedIds:
+    """The ids the model reads for `prompt`, fitted into `max_tokens` exactly as training fitted its examples.
+
+    Args:
+        tokenizer: the base's `GemmaTokenizer` (anything with `token_to_id` and a batch call).
+        prompt: from `maeum.dialogue.build_prompt`.
+        max_tokens: the budget (`prompt_budget(params)`).
+
+    Returns:
+        The fitted prompt ids (response empty) and how much was cut.
+    """
+    *history, header, user, tail = token_ids(tokenizer, [*prompt.history_blocks, USER_HEADER, prompt.user_text, USER_TAIL])
+    return fit_to_length([tokenizer.token_to_id(BOS_PIECE)], history, header, user, tail, [], max_tokens)
+
+
+def clean_reply(text: str) -> str:
+    """The reply without template: anything from a turn marker on is dropped (generation stops there anyway)."""
+    for marker in (END_OF_TURN, START_OF_TURN):
+        text = text.split(marker, 1)[0]
+    return text.strip()
+
+
+# === The session ===
+
+
+class Generator(Protocol):
+    """What a session needs from `maeum.gemma.ReplyGenerator` (tests pass spies)."""
+
+    def generate_ids(self, prompts: Sequence[Sequence[int]]) -> list[list[int]]: ...
+
+    def detokenize(self, ids: Sequence[int]) -> str: ...
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """One answered user message.
+
+    Attributes:
+        user_text: the message as recorded (stripped).
+        reply: what the user is shown.
+        screening: the safety decision: the user message's, or the reply's when it was replaced.
+        model_reply: the model's own reply; None when the model was not called (crisis).
+        prompt: the prompt built for this turn.
+        fitted: its fitted ids; None when the model was not called.
+        seconds: wall time of the turn.
+    """
+
+    user_text: str
+    reply: str
+    screening: safety.Screening
+    model_reply: str | None
+    prompt: ChatPrompt
+    fitted: FittedIds | None
+    seconds: float
+
+    @property
+    def crisis(self) -> bool:
+        return self.model_reply is None
+
+    @property
+    def replaced(self) -> bool:
+        return self.model_reply is not None and self.screening.crisis
+
+
+@dataclass
+class ChatSession:
+    """A conversation: history, prompt building, screening and generation for each user turn.
+
+    Attributes:
+        generator: makes reply ids from prompt ids (`gemma.ReplyGenerator`).
+        tokenizer: the tokenizer the generator's model was trained with.
+        max_history_turns: `preprocess.max_history_turns`.
+        max_prompt_tokens: `prompt_budget(params)`.
+        rules: compiled safety rules; loaded at start so a broken rules file fails before the first turn.
+        history: (role, text) turns so far, oldest first: user messages and the replies shown.
+    """
+
+    generator: Generator
+    tokenizer: Any
+    max_history_turns: int
+    max_prompt_tokens: int
+    rules: safety.SafetyRules = field(default_factory=safety.load_rules)
+    history: list[Turn] = field(default_factory=list)
+
+    def prompt_for(self, user_text: str) -> tuple[ChatPrompt, FittedIds]:
+        """The prompt and its fitted ids for `user_text` after the current history."""
+        prompt = build_prompt(self.history, user_text, self.max_history_turns)
+        return prompt, encode_prompt(self.tokenizer, prompt, self.max_prompt_tokens)
+
+    def respond(self, user_text: str) -> ChatTurn:
+        """Answers one user message and records the turn in the history.
+
+        Raises:
+            ValueError: the message is empty.
+        """
+        started = time.perf_counter()
+        text = user_text.strip()
+        if not text:
+            raise ValueError("empty message")
+        screening = safety.screen(text, self.rules)
+        if screening.crisis:
+            # The model is not called: nothing it could say belongs next to a crisis message.
+            prompt, fitted = build_prompt(self.history, text, self.max_history_turns), None
+            model_reply, shown = None, safety.CRISIS_RESPONSE
+            log.info("crisis message (%s): crisis response shown, model not called", screening.reason)
+        else:
+            prompt, fitted = self.prompt_for(text)
+            model_reply = clean_reply(self.generator.detokenize(self.generator.generate_ids([fitted.prompt])[0]))
+            shown, screening = safety.safe_reply(text, model_reply, self.rules)
+            if screening.crisis:
+                log.info("model reply replaced (%s)", screening.reason)
+        self.history += [(USER, text), (MODEL, shown)]
+        return ChatTurn(text, shown, screening, model_reply, prompt, fitted, time.perf_counter() - started)
+
+    def reset(self) -> None:
+        """Forgets the conversation; the next message starts a new one."""
+        self.history.clear()
+
+
+# === Loading a model for chat ===
+
+
+def make_sampler(name: str, temperature: float, top_k: int, top_p: float, seed: int | None) -> Any:
+    """A keras-hub sampler: greedy (deterministic), top_k, top_p (nucleus) or random."""
+    import keras_hub
+
+    if name == "greedy":
+        return keras_hub.samplers.GreedySampler()
+    if name == "top_k":
+        return keras_hub.samplers.TopKSampler(k=top_k, seed=seed, temperature=temperature)
+    if name == "top_p":
+        return keras_hub.samplers.TopPSampler(p=top_p, seed=seed, temperature=temperature)
+    if name == "random":
+        return keras_hub.samplers.RandomSampler(seed=seed, temperature=temperature)
+    raise ValueError(f"sampler must be one of {SAMPLERS}, got {name!r}")
+
+
+def base_preset_path(params: Params, preset: str | None) -> tuple[str, Path]:
+    """The name and folder of the base: the model stage's record (preset None) or a preset name/folder.
+
+    Raises:
+        gemma.WeightsUnavailable: the model stage has not run, or the preset cannot be had here.
+    """
+    if preset is None:
+        pointer = gemma.read_base_pointer(params.model.base_dir)
+        path = Path(pointer["path"])
+        return pointer["preset"], path if path.is_absolute() else params.model.base_dir / path
+    return preset, gemma.resolve_base(dataclasses.replace(params.model, preset=preset))
+
+
+def load_base(params: Params, preset: str | None) -> gemma.LoadedBase:
+    """The base at training's precision: the recorded one (`gemma.load_base`, as train and evaluate) or `preset`."""
+    if preset is None:
+        return gemma.load_base(params.model.base_dir, precision=params.train.precision)
+    import keras_hub
+
+    name, path = base_preset_path(params, preset)
+    dtype = None if params.train.precision == "float32" else params.train.precision
+    causal_lm = keras_hub.models.GemmaCausalLM.from_preset(str(path), dtype=dtype)
+    tokenizer = causal_lm.preprocessor.tokenizer
+    causal_lm.preprocessor = None  # chat feeds token ids built by maeum.dialogue
+    return gemma.LoadedBase(causal_lm=causal_lm, tokenizer=tokenizer, preset=name, path=path)
+
+
+@dataclass
+class ChatModel:
+    """The model a chat talks to and a sentence saying what it is."""
+
+    model: gemma.LoadedBase
+    adapter: adapters.Adapter | None
+    description: str
+
+
+def load_chat_model(params: Params, preset: str | None = None, adapter: str | None = None,
+                    lora_rank: int | None = None) -> ChatModel:  # fmt: skip
+    """Loads the base and puts the adapter on it.
+
+    Args:
+        params: the project parameters.
+        preset: None for the base the model stage recorded in `model.base_dir`; else a preset
+            name from `model.kaggle_handles` or a preset folder.
+        adapter: an adapter reference (`maeum.adapters.resolve_adapter`); None picks the default:
+            the last local training, else `models:/<registered_model>@champion`, else none.
+        lora_rank: the LoRA rank the adapter must have (None: the file's own).
+
+    Raises:
+        adapters.AdapterError, gemma.WeightsUnavailable: with a message saying what to do.
+    """
+    if adapter is None:
+        base_name = base_preset_path(params, preset)[0]
+        chosen, why = adapters.default_adapter(params.train.out_dir / RUN_FILE, params.tracking.registered_model, base_name)
+        if chosen is None:
+            log.warning(why)
+    else:
+        chosen, why = adapters.resolve_adapter(adapter), "--adapter"
+    if chosen is None and lora_rank is not None:
+        raise adapters.AdapterError(f"--lora-rank {lora_rank} was given but there is no adapter ({why})")
+    if chosen is not None and chosen.kind == "keras":
+        try:  # only needed when the file has no tokenizer inside
+            tokenizer_preset = base_preset_path(params, preset)[1]
+        except gemma.WeightsUnavailable:
+            tokenizer_preset = None
+        model = adapters.load_whole_model(chosen, tokenizer_preset, lora_rank)
+        return ChatModel(model, chosen, f"{chosen.describe()} [{why}]")
+    model = load_base(params, preset)
+    where = f"base {model.preset} ({model.path})"
+    if chosen is None:
+        return ChatModel(model, None, f"{where} without adapter [{why}]")
+    adapters.apply_lora(model, chosen, lora_rank)
+    return ChatModel(model, chosen, f"{where} + {chosen.describe()} [{why}]")
+
+
+def open_session(params: Params, chat_model: ChatModel, max_new_tokens: int, sampler: Any = None) -> ChatSession:
+    """A session on `chat_model` whose generation is compiled once for every turn (one padded length)."""
+    budget = prompt_budget(params)
+    generator = gemma.ReplyGenerator(chat_model.model, prompt_budget=budget, max_new_tokens=max_new_tokens, sampler=sampler)
+    return ChatSession(generator, chat_model.model.tokenizer, params.preprocess.max_history_turns, budget)

@@ -305,7 +305,8 @@ class ReplyGenerator:
             start = min(len(prompt), self.prompt_budget)
             generated = np.asarray(output["token_ids"][row])[start:][np.asarray(output["padding_mask"][row])[start:]]
             reply = []
-            for token in generated.tolist():
+            # A prompt shorter than its budget leaves more free columns than max_new_tokens: cap here.
+            for token in generated.tolist()[: self.max_new_tokens]:
                 if token in stop:
                     break
                 reply.append(int(token))

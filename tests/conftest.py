@@ -59,6 +59,7 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 def copy_repo(destination: Path) -> Path:
     """A copy of the tracked project files (no run state), as a fresh clone would have."""
     ignore = shutil.ignore_patterns(".venv", ".git", "mlruns", "mlflow.db", "models", "reports", "checkpoints",
-                                    "processed", "tokenized", "__pycache__", "*.egg-info", ".pytest_cache", "raw")  # fmt: skip
+                                    "processed", "tokenized", "__pycache__", "*.egg-info", ".pytest_cache", "raw",
+                                    ".prefect", ".mlflow-server")  # fmt: skip
     shutil.copytree(REPO, destination, ignore=ignore)
     return destination

@@ -96,9 +96,11 @@ class TrainParams:
     weight_decay: float = 0.01
     batch_size: int = 8
     padding: Literal["bucket", "fixed"] = "bucket"
-    bucket_boundaries: tuple[int, ...] = (64, 128, 192, 256)
+    bucket_boundaries: tuple[int, ...] = (64, 96, 128, 192, 256)
     precision: Literal["float32", "bfloat16", "mixed_bfloat16"] = "float32"
     backend: Literal["tensorflow", "jax"] = "tensorflow"
+    distribution: Literal["none", "data", "model"] = "none"
+    mesh_shape: tuple[int, ...] = ()
     epochs: int = 2
     seed: int = 42
     shuffle: bool = True

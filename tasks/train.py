@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from maeum import atomic, batching, gemma, tracking
+from maeum import atomic, batching, distribution, gemma, tracking
 from maeum.config import Params, TrainParams, load_params
 from maeum.corpus import data_version
 from maeum.runtime import prepare_process
@@ -77,10 +78,13 @@ def batch_dataset(split: TokenizedSplit, train: TrainParams, clock: EpochClock |
         rng = np.random.default_rng([train.seed, clock.epoch]) if clock is not None and train.shuffle else None
         yield from batching.iterate_batches(split, batching.plan_batches(lengths, boundaries, train.batch_size, rng))
 
+    # Every batch is full (plan_batches tops it up), so the batch size is static: Keras needs it to
+    # split each global batch between the processes of a multi-host run.
+    rows = train.batch_size
     signature = (
-        {"token_ids": tf.TensorSpec((None, None), tf.int32), "padding_mask": tf.TensorSpec((None, None), tf.bool)},
-        tf.TensorSpec((None, None), tf.int32),
-        tf.TensorSpec((None, None), tf.float32),
+        {"token_ids": tf.TensorSpec((rows, None), tf.int32), "padding_mask": tf.TensorSpec((rows, None), tf.bool)},
+        tf.TensorSpec((rows, None), tf.int32),
+        tf.TensorSpec((rows, None), tf.float32),
     )
     dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
     return dataset.apply(tf.data.experimental.assert_cardinality(batch_count)).prefetch(2)
@@ -139,7 +143,7 @@ class TrainingResult:
         return self.adapter_dir / self.epochs[-1].adapter
 
 
-def _epoch_callback(base: gemma.LoadedBase, train: TrainParams, staging: Path, sample_prompt_ids: np.ndarray,
+def _epoch_callback(base: gemma.LoadedBase, train: TrainParams, staging: Path | None, sample_prompt_ids: np.ndarray,
                     on_epoch: Any) -> Any:  # fmt: skip
     import keras
 
@@ -155,13 +159,18 @@ def _epoch_callback(base: gemma.LoadedBase, train: TrainParams, staging: Path, s
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             number = epoch + 1
-            path = staging / adapter_file_name(train, number)
-            save_lora(base.causal_lm, path)
-            reply = generator.generate_text([sample_prompt_ids.tolist()])[0]
+            name = adapter_file_name(train, number)
+            if staging is not None:
+                save_lora(base.causal_lm, staging / name)
+            # A distributed generate splits its batch over the replicas: one copy of the prompt per replica.
+            # Across hosts, keras-hub cannot gather generate's output, so multi-host runs leave the sample
+            # out (the evaluate stage, one process, still generates).
+            reply = (generator.generate_text([sample_prompt_ids.tolist()] * distribution.batch_replicas())[0]
+                     if distribution.process_count() == 1 else "")  # fmt: skip
             record = EpochRecord(
                 epoch=number, train_loss=float(logs["loss"]), train_accuracy=float(logs.get("accuracy", float("nan"))),
                 val_loss=float(logs["val_loss"]), val_accuracy=float(logs.get("val_accuracy", float("nan"))),
-                adapter=path.name, sample_prompt=sample_prompt, sample_reply=reply,
+                adapter=name, sample_prompt=sample_prompt, sample_reply=reply,
                 seconds=time.perf_counter() - self.started,
             )  # fmt: skip
             log.info("epoch %d: loss %.4f val_loss %.4f | sample: %s", number, record.train_loss, record.val_loss, reply)
@@ -175,7 +184,7 @@ def fit_lora(
     train_split: TokenizedSplit,
     validation_split: TokenizedSplit,
     train: TrainParams,
-    staging: Path,
+    staging: Path | None,
     on_epoch: Any = lambda record: None,
     backup_dir: Path | None = None,
 ) -> None:
@@ -185,7 +194,8 @@ def fit_lora(
         base: the loaded base model and tokenizer.
         train_split, validation_split: tokenized examples.
         train: the `train` section of params.yaml.
-        staging: folder for the per-epoch `.lora.h5` files.
+        staging: folder for the per-epoch `.lora.h5` files; None writes none (processes other than 0
+            of a multi-host run).
         on_epoch: called with each finished epoch's `EpochRecord` (tracking hooks in here).
         backup_dir: BackupAndRestore folder; a rerun after a crash resumes from it.
     """
@@ -227,6 +237,12 @@ def loss_curve_png(records: list[EpochRecord], path: Path) -> None:
     plt.close(figure)
 
 
+def _backbone_config(params: Params) -> dict[str, Any]:
+    """The base's backbone arguments, to check a model-parallel mesh against before loading."""
+    pointer = gemma.read_base_pointer(params.model.base_dir)
+    return distribution.preset_backbone_config(params.model.base_dir / pointer["path"])  # an absolute path stays as is
+
+
 def run(params: Params, extra_tags: dict[str, str] | None = None) -> TrainingResult:
     """The whole stage: load, train with tracking, then swap the finished adapters into `train.out_dir`."""
     import mlflow
@@ -234,11 +250,21 @@ def run(params: Params, extra_tags: dict[str, str] | None = None) -> TrainingRes
     train = params.train
     checkpoint_dir = train.checkpoint_dir
     staging = checkpoint_dir / STAGING_DIR
-    staging.mkdir(parents=True, exist_ok=True)
     train_split = TokenizedSplit.load(params.tokenize.out_dir / "train.npz")
     validation_split = TokenizedSplit.load(params.tokenize.out_dir / "validation.npz")
     version = data_version(list(params.data.split_paths.values())).md5
+    # Set before loading, so from_preset lays every variable out on the device mesh.
+    distribution.apply(train, _backbone_config(params) if train.distribution == "model" else None)
     base = gemma.load_base(params.model.base_dir, precision=train.precision)
+    if not distribution.is_chief():
+        # A multi-host run: this process trains in lockstep with process 0, which alone writes
+        # adapters, MLflow records and DVC outputs. No resume state either (see below).
+        fit_lora(base, train_split, validation_split, train, staging=None)
+        return TrainingResult(run_id=None)
+    staging.mkdir(parents=True, exist_ok=True)
+    # BackupAndRestore is per process; a multi-host run would resume its processes at different
+    # epochs, so only a single-process run keeps resume state.
+    backup_dir = checkpoint_dir / "backup" if distribution.process_count() == 1 else None
 
     tracking.setup(params.tracking.experiment)
     run_id_file = checkpoint_dir / RUN_ID_FILE
@@ -267,7 +293,7 @@ def run(params: Params, extra_tags: dict[str, str] | None = None) -> TrainingRes
             mlflow.log_artifact(str(staging / record.adapter), artifact_path="lora")
             mlflow.log_text(f"PROMPT:\n{record.sample_prompt}\n\nREPLY:\n{record.sample_reply}\n", f"samples/epoch_{record.epoch}.txt")
 
-        fit_lora(base, train_split, validation_split, train, staging, on_epoch, backup_dir=checkpoint_dir / "backup")
+        fit_lora(base, train_split, validation_split, train, staging, on_epoch, backup_dir=backup_dir)
 
         curve = staging / "loss_curve.png"
         loss_curve_png(result.epochs, curve)
@@ -297,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     prepare_process(backend=params.train.backend)
+    distribution.initialize_cluster(distribution.cluster_from_env(os.environ))
     result = run(params)
+    if result.run_id is None:
+        print(f"train: process {distribution.process_index()} done; process 0 wrote the adapters and the MLflow run")
+        return 0
     last = result.epochs[-1]
     print(f"train: MLflow run {result.run_id}; epoch {last.epoch} val_loss {last.val_loss:.4f}; {result.last_adapter}")
     return 0

@@ -6,6 +6,7 @@ environment or logging; only an entry point's `main` calls `prepare_process`.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -34,3 +35,25 @@ def prepare_process(level: int = logging.INFO, backend: str | None = None) -> No
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def stage_params(doc: str, argv: list[str] | None = None):
+    """The shared edge of every `python -m tasks.<stage>`: `--params FILE`, loading, process set-up.
+
+    Args:
+        doc: the stage module's docstring, shown by --help.
+        argv: command-line arguments (None: sys.argv).
+
+    Returns:
+        The loaded `Params`; the process is prepared for its Keras backend.
+    """
+    from maeum.config import ParamsError, load_params
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
+    try:
+        params = load_params(parser.parse_args(argv).params)
+    except ParamsError as error:
+        parser.exit(2, f"{error}\n")  # a message, not a traceback: the file or a key needs fixing
+    prepare_process(backend=params.train.backend)
+    return params

@@ -11,7 +11,6 @@ MLflow run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -20,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from maeum import atomic, batching, gemma, tracking
-from maeum.config import Params, TrainParams, load_params
-from maeum.runtime import prepare_process
+from maeum.config import Params, TrainParams
+from maeum.runtime import stage_params
 from tasks.tokenize import TokenizedSplit
 from tasks.train import RUN_FILE, boundaries_for
 
@@ -188,11 +187,7 @@ def run(params: Params) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    prepare_process(backend=params.train.backend)
+    params = stage_params(__doc__, argv)
     metrics = run(params)
     print(f"evaluate: val_loss base {metrics['val_loss_base']:.4f} -> tuned {metrics['val_loss_tuned']:.4f}, chrF {metrics['chrf']:.2f}")
     return 0

@@ -12,15 +12,14 @@ folder that tokenize, train, evaluate and chat load: the *same* base everywhere.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 import pandas as pd
 
 from maeum import atomic, gemma
-from maeum.config import Params, load_params
-from maeum.runtime import prepare_process
+from maeum.config import Params
+from maeum.runtime import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +62,7 @@ def run(params: Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    prepare_process(backend=params.train.backend)
+    params = stage_params(__doc__, argv)
     try:
         run(params)
     except gemma.WeightsUnavailable as error:

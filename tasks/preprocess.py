@@ -9,7 +9,6 @@ evaluation and analysis. One parquet file per split, written atomically.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -17,10 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from maeum import atomic
-from maeum.config import Params, load_params
+from maeum.config import Params
 from maeum.corpus import dialogues_frame, emotion_group, read_corpus_file, utterances
 from maeum.dialogue import MODEL, USER, build_prompt, response_text
-from maeum.runtime import prepare_process
+from maeum.runtime import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +79,8 @@ def run(params: Params) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
-    args = parser.parse_args(argv)
-    prepare_process()
-    run(load_params(args.params))
+    params = stage_params(__doc__, argv)
+    run(params)
     return 0
 
 

@@ -14,7 +14,6 @@ to predict the user's words. Here each id carries a weight: 1 on the response an
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from maeum import atomic, gemma
-from maeum.config import Params, load_params
+from maeum.config import Params
 from maeum.dialogue import END_OF_TURN, USER_HEADER, USER_TAIL, fit_to_length
-from maeum.runtime import prepare_process
+from maeum.runtime import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +192,7 @@ def run(params: Params) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    prepare_process(backend=params.train.backend)
+    params = stage_params(__doc__, argv)
     run(params)
     return 0
 

@@ -11,7 +11,6 @@ epoch (Keras `BackupAndRestore`) and continues the same MLflow run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -25,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from maeum import atomic, batching, distribution, gemma, tracking
-from maeum.config import Params, TrainParams, load_params
+from maeum.config import Params, TrainParams
 from maeum.corpus import data_version
-from maeum.runtime import prepare_process
+from maeum.runtime import stage_params
 from tasks.tokenize import TokenizedSplit
 
 log = logging.getLogger(__name__)
@@ -318,11 +317,7 @@ def run(params: Params, extra_tags: dict[str, str] | None = None) -> TrainingRes
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
-    args = parser.parse_args(argv)
-    params = load_params(args.params)
-    prepare_process(backend=params.train.backend)
+    params = stage_params(__doc__, argv)
     distribution.initialize_cluster(distribution.cluster_from_env(os.environ))
     result = run(params)
     if result.run_id is None:

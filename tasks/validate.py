@@ -10,7 +10,6 @@ or the list index where there is none) and the rule it broke.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
@@ -20,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 from maeum import atomic
-from maeum.config import Params, load_params
-from maeum.runtime import prepare_process
+from maeum.config import Params
+from maeum.runtime import stage_params
 from maeum.corpus import (
     AGE_CODES,
     COMPUTER_CODES,
@@ -331,12 +330,9 @@ def run(params: Params) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: ./params.yaml)")
-    args = parser.parse_args(argv)
-    prepare_process()
+    params = stage_params(__doc__, argv)
     try:
-        run(load_params(args.params))
+        run(params)
     except ValidationFailed as failed:
         print(failed, file=sys.stderr)
         return 1

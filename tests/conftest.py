@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -63,3 +64,20 @@ def copy_repo(destination: Path) -> Path:
                                     ".prefect", ".mlflow-server")  # fmt: skip
     shutil.copytree(REPO, destination, ignore=ignore)
     return destination
+
+
+@contextlib.contextmanager
+def working_dir(path: Path, env: dict[str, str]):
+    """`path` as working directory with `env` set; both restored afterwards (for session fixtures)."""
+    old_cwd, old_env = Path.cwd(), {k: os.environ.get(k) for k in env}
+    os.chdir(path)
+    os.environ.update(env)
+    try:
+        yield path
+    finally:
+        os.chdir(old_cwd)
+        for key, value in old_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

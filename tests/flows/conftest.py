@@ -8,15 +8,13 @@ fixed padding without XLA (compiling costs more than training at this size).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import SAMPLE_DIR, copy_repo
+from tests.conftest import SAMPLE_DIR, copy_repo, working_dir
 
 CORPUS_SLICE = {"Training": 60, "Validation": 12}  # dialogues: ~140 training examples
 FAST_PARAMS = {
@@ -46,22 +44,9 @@ def write_params(path: Path, source: Path, overrides: dict) -> Path:
     return path
 
 
-@contextlib.contextmanager
 def working_in(project: Path):
     """The project copy as working directory, with its own MLflow store; both restored afterwards."""
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    old_cwd, old_env = Path.cwd(), {k: os.environ.get(k) for k in env}
-    os.chdir(project)
-    os.environ.update(env)
-    try:
-        yield project
-    finally:
-        os.chdir(old_cwd)
-        for key, value in old_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return working_dir(project, {"MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"})
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,12 @@ its own MLflow store, so the model tests share one real (small) training run.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import pytest
 
 from maeum.config import Params, load_params
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import SAMPLE_DIR, working_dir
 
 PIPELINE_PARAMS = """\
 data:
@@ -28,22 +26,6 @@ evaluate:
   safety_rules: {safety_dir}/rules.yaml
   safety_eval_set: {safety_dir}/eval_set.yaml
 """
-
-
-@contextlib.contextmanager
-def working_dir(path: Path, env: dict[str, str]):
-    old_cwd, old_env = Path.cwd(), {k: os.environ.get(k) for k in env}
-    os.chdir(path)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.chdir(old_cwd)
-        for key, value in old_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -23,12 +23,6 @@ from maeum.runtime import prepare_process
 
 log = logging.getLogger(__name__)
 
-# Chat defaults. Replies in the corpus are one or two sentences; 128 new tokens is room to spare.
-DEFAULT_MAX_NEW_TOKENS = 128
-DEFAULT_SAMPLER = "greedy"  # deterministic, as evaluate generates
-DEFAULT_TEMPERATURE = 1.0
-DEFAULT_TOP_K = 5  # keras-hub's default for TopKSampler
-DEFAULT_TOP_P = 0.9
 EXIT_UNAVAILABLE = 2  # weights, adapter or parameters cannot be had: the message says what to do
 
 USER_PROMPT = "나> "
@@ -52,13 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--preset", help="base: a preset name from model.kaggle_handles or a preset folder "
                                        "(default: the base the model stage recorded in model.base_dir)")  # fmt: skip
     chat.add_argument("--lora-rank", type=int, help="require this LoRA rank (error if the adapter's differs)")
-    chat.add_argument("--max-length", type=int, default=DEFAULT_MAX_NEW_TOKENS, metavar="N",
-                      help=f"most new tokens per reply (default {DEFAULT_MAX_NEW_TOKENS})")  # fmt: skip
-    chat.add_argument("--sampler", choices=("greedy", "top_k", "top_p", "random"), default=DEFAULT_SAMPLER,
-                      help=f"decoding (default {DEFAULT_SAMPLER})")  # fmt: skip
-    chat.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="for top_k, top_p, random")
-    chat.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"for top_k (default {DEFAULT_TOP_K})")
-    chat.add_argument("--top-p", type=float, default=DEFAULT_TOP_P, help=f"for top_p (default {DEFAULT_TOP_P})")
+    # Decoding defaults live in params.yaml (chat:); a flag overrides them for this session.
+    chat.add_argument("--max-length", type=int, metavar="N", help="most new tokens per reply (default: chat.max_new_tokens)")
+    chat.add_argument("--sampler", choices=("greedy", "top_k", "top_p", "random"), help="decoding (default: chat.sampler)")
+    chat.add_argument("--temperature", type=float, help="for top_k, top_p, random (default: chat.temperature)")
+    chat.add_argument("--top-k", type=int, help="for top_k (default: chat.top_k)")
+    chat.add_argument("--top-p", type=float, help="for top_p (default: chat.top_p)")
     chat.add_argument("--seed", type=int, help="sampling seed, for reproducible sampled replies")
     chat.add_argument("--show-prompt", action="store_true", help="print each prompt the model reads (stderr)")
 
@@ -86,8 +79,11 @@ def _chat(args: argparse.Namespace) -> int:
     prepare_process(logging.WARNING, backend=params.train.backend)  # before keras is first imported
     chat_model = chat.load_chat_model(params, preset=args.preset, adapter=args.adapter, lora_rank=args.lora_rank)
     print(f"maeum chat: {chat_model.description}", file=sys.stderr)
-    sampler = chat.make_sampler(args.sampler, args.temperature, args.top_k, args.top_p, args.seed)
-    session = chat.open_session(params, chat_model, args.max_length, sampler)
+    decoding = {name: getattr(params.chat, name) if getattr(args, flag) is None else getattr(args, flag)
+                for name, flag in (("sampler", "sampler"), ("temperature", "temperature"), ("top_k", "top_k"),
+                                   ("top_p", "top_p"), ("max_new_tokens", "max_length"))}  # fmt: skip
+    sampler = chat.make_sampler(decoding["sampler"], decoding["temperature"], decoding["top_k"], decoding["top_p"], args.seed)
+    session = chat.open_session(params, chat_model, decoding["max_new_tokens"], sampler)
     if args.message:
         transcript = len(args.message) > 1
         for message in args.message:

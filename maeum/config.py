@@ -122,6 +122,15 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ChatParams:
+    max_new_tokens: int = 128
+    sampler: Literal["greedy", "top_k", "top_p", "random"] = "greedy"
+    temperature: float = 1.0
+    top_k: int = 5
+    top_p: float = 0.9
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "maeum-lora"
     registered_model: str = "maeum-lora"
@@ -136,6 +145,7 @@ class Params:
     tokenize: TokenizeParams = field(default_factory=TokenizeParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    chat: ChatParams = field(default_factory=ChatParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
     source: Path | None = None
 

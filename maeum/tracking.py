@@ -66,11 +66,12 @@ def run_name(params: Params, data_version: str) -> str:
 
 
 def params_hash(params: Params) -> str:
-    """Hash of every parameter that changes the trained model (paths excluded)."""
+    """Hash of every parameter that changes the trained model (paths and chat decoding excluded)."""
     import hashlib
     import json
 
-    relevant = {k: v for k, v in params.as_flat_dict().items() if not k.endswith(("_dir", "_file", "raw_dir"))}
+    relevant = {k: v for k, v in params.as_flat_dict().items()
+                if not k.endswith(("_dir", "_file", "raw_dir")) and not k.startswith("chat.")}  # fmt: skip
     return hashlib.md5(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 

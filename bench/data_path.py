@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import resource
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 from maeum.runtime import prepare_process  # noqa: E402
 
 FULL_TRAIN, FULL_VALIDATION = 51_628, 6_640
+GENERATOR = REPO / "data" / "sample" / "generate.py"
 SEED = 20261125
 log = logging.getLogger("bench.data_path")
 
@@ -67,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     prepare_process()
 
     from maeum.config import load_params
-    from maeum.sample_corpus import write_corpus
     from tasks import preprocess, tokenize, validate
+
+    write_corpus = runpy.run_path(str(GENERATOR))["write_corpus"]  # a script beside the data, not a package
 
     with tempfile.TemporaryDirectory(prefix="maeum-data-path-") as scratch:
         work = args.keep or Path(scratch)

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import random
@@ -5,15 +6,13 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
-
 import pytest
+import yaml
 
 from maeum import corpus as schema
-from maeum import sample_corpus as sc
+from tests.conftest import REPO, SAMPLE_DIR
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE_DIR = REPO / "data" / "sample"
+GENERATOR = SAMPLE_DIR / "generate.py"
 
 MIN_TRAIN, MIN_VALIDATION = 400, 80
 MIN_DISTINCT_HS01_SHARE = 0.95
@@ -22,8 +21,21 @@ MIN_SITUATIONS = 10
 SCALE_N = 6000
 
 
-def _group(code: str) -> str:
-    return next(name for name, (first, last) in schema.EMOTION_GROUPS.items() if first <= code <= last)
+def _load_generator():
+    """data/sample/generate.py is a script beside the data, not a package: import it by path."""
+    spec = importlib.util.spec_from_file_location("sample_generate", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+sc = _load_generator()
+
+
+@pytest.fixture(scope="module")
+def phrases():
+    return sc.load_phrases()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +59,7 @@ def test_cli_output_does_not_depend_on_hash_seed(tmp_path):
     for hash_seed in ("1", "2"):
         out = tmp_path / hash_seed
         env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        subprocess.run([sys.executable, "-m", "maeum.sample_corpus", "--out", str(out)],
+        subprocess.run([sys.executable, str(GENERATOR), "--out", str(out)],
                        cwd=REPO, env=env, check=True, capture_output=True)
     for name in (sc.TRAIN_FILE, sc.VALIDATION_FILE):
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
@@ -60,10 +72,10 @@ def test_files_are_utf8_without_bom_and_unescaped():
     assert b"\\u" not in data  # ensure_ascii=False
 
 
-def test_same_seed_same_dialogues_other_seed_other_dialogues():
-    first = sc.generate_dialogues(50, seed=7)
-    assert first == sc.generate_dialogues(50, seed=7)
-    assert first != sc.generate_dialogues(50, seed=8)
+def test_same_seed_same_dialogues_other_seed_other_dialogues(phrases):
+    first = sc.generate_dialogues(50, seed=7, phrases=phrases)
+    assert first == sc.generate_dialogues(50, seed=7, phrases=phrases)
+    assert first != sc.generate_dialogues(50, seed=8, phrases=phrases)
 
 
 # === Schema ===
@@ -120,14 +132,14 @@ def test_validation_profiles_follow_training_profiles(train, validation):
 
 # === Coverage ===
 def test_training_covers_every_emotion_group_and_most_situations(train):
-    groups = Counter(_group(r["profile"]["emotion"]["type"]) for r in train)
+    groups = Counter(schema.emotion_group(r["profile"]["emotion"]["type"]) for r in train)
     situations = {r["profile"]["emotion"]["situation"][0] for r in train}
     assert set(groups) == set(schema.EMOTION_GROUPS)
     assert len(situations) >= MIN_SITUATIONS
 
 
-def test_every_situation_appears_at_full_size():
-    dialogues = sc.generate_dialogues(SCALE_N, sc.DEFAULT_SEED)
+def test_every_situation_appears_at_full_size(phrases):
+    dialogues = sc.generate_dialogues(SCALE_N, sc.DEFAULT_SEED, phrases)
     assert {r["profile"]["emotion"]["situation"][0] for r in dialogues} == set(schema.SITUATION_CODES)
     assert {r["profile"]["emotion"]["situation"][1] for r in dialogues} == set(schema.DISEASE_CODES)
     assert {r["profile"]["persona"]["human"][0] for r in dialogues} == set(schema.AGE_CODES)
@@ -157,49 +169,65 @@ def test_training_has_thousands_of_distinct_tokens(train):
 
 
 # === Phrase banks ===
-def test_every_situation_has_an_event_for_every_emotion_group():
+def test_every_situation_has_an_event_for_every_emotion_group(phrases):
     for situation in schema.SITUATION_CODES:
         for group in schema.EMOTION_GROUPS:
-            assert sc._candidates(situation, group, "A02"), (situation, group)
+            assert sc._candidates(phrases.events[situation], group, "A02"), (situation, group)
 
 
-def test_every_age_finds_a_fitting_event_where_its_situations_are_drawn():
+def test_every_age_finds_a_fitting_event_where_its_situations_are_drawn(phrases):
     for age, weights in sc.SITUATION_WEIGHTS.items():
         for situation in (s for s, w in weights.items() if w):
             for group in schema.EMOTION_GROUPS:
-                events = sc._candidates(situation, group, age)
+                events = sc._candidates(phrases.events[situation], group, age)
                 assert all(not e.ages or age in e.ages for e in events), (age, situation, group)
 
 
-def test_event_causes_are_clauses_that_a_feeling_can_follow():
-    for events in sc._EVENTS.values():
+def test_event_causes_are_clauses_that_a_feeling_can_follow(phrases):
+    for events in phrases.events.values():
         for event in events:
             assert event.cause.endswith("서"), event.cause
             assert event.details and all(d.endswith((".", "?", "!")) for d in event.details)
 
 
-def test_every_emotion_code_has_a_name_and_feelings():
+def test_every_emotion_code_has_a_name_and_feelings(phrases):
     codes = [f"E{group}{fine}" for group in range(1, 7) for fine in range(10)]
     assert list(sc.EMOTION_NAMES) == codes
-    assert set(sc._FEELINGS) == set(codes)
+    assert set(phrases.feelings) == set(codes)
 
 
-def test_listener_echo_turns_first_person_into_second_person():
-    event = sc._ev("분노", "회사 동료가 내 아이디어를 자기 것처럼 발표해서", "그랬어.")
-    casual = sc._Dialogue(random.Random(0), "A02", "G01", polite=False)
-    polite = sc._Dialogue(random.Random(0), "A02", "G01", polite=True)
-    assert casual.echo(event.cause) == "회사 동료가 네 아이디어를 자기 것처럼 발표해서"
-    assert polite.echo(event.cause) == "회사 동료가 아이디어를 자기 것처럼 발표해서"
+def test_listener_echo_turns_first_person_into_second_person(phrases):
+    cause = "회사 동료가 내 아이디어를 자기 것처럼 발표해서"
+    casual = sc._Dialogue(random.Random(0), phrases, "A02", "G01", polite=False)
+    polite = sc._Dialogue(random.Random(0), phrases, "A02", "G01", polite=True)
+    assert casual.echo(cause) == "회사 동료가 네 아이디어를 자기 것처럼 발표해서"
+    assert polite.echo(cause) == "회사 동료가 아이디어를 자기 것처럼 발표해서"
 
 
-def test_particles_follow_the_final_consonant():
-    d = sc._Dialogue(random.Random(0), "A02", "G01", polite=False)
+def test_particles_follow_the_final_consonant(phrases):
+    d = sc._Dialogue(random.Random(0), phrases, "A02", "G01", polite=False)
     assert d.text("동생이/가 강아지을/를 집으로/로 교실으로/로 선생님과/와") == "동생이 강아지를 집으로 교실로 선생님과"
 
 
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict | list):
+        for child in node.values() if isinstance(node, dict) else node:
+            yield from _strings(child)
+
+
+def test_every_slot_a_phrase_names_is_filled_for_every_persona(phrases):
+    raw = yaml.safe_load(sc.PHRASES_FILE.read_text(encoding="utf-8"))
+    named = {name for text in _strings(raw) for name in re.findall(r"\{(\w+)\}", text)}
+    assert named  # the banks do use slots
+    for persona, slots in phrases.slots.items():
+        assert named <= set(slots), (persona, named - set(slots))  # a typo in a {slot} would fail mid-run
+
+
 # === Scale ===
-def test_generation_scales_with_unique_talk_ids():
-    dialogues = sc.generate_dialogues(SCALE_N, sc.DEFAULT_SEED)
+def test_generation_scales_with_unique_talk_ids(phrases):
+    dialogues = sc.generate_dialogues(SCALE_N, sc.DEFAULT_SEED, phrases)
     ids = [r["talk"]["id"]["talk-id"] for r in dialogues]
     assert len(dialogues) == SCALE_N and len(set(ids)) == SCALE_N
 

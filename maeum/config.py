@@ -18,6 +18,14 @@ from typing import Any, Literal
 import yaml
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
+SPLITS = ("train", "validation")  # the corpus's two files, in this order everywhere
+TINY_PRESET = "tiny"
+# The `train` keys that `train.tiny` may override for the tiny preset. Only the train stage reads
+# them; tokenize reads sequence_length and loss_on, so those stay one value for every preset.
+TINY_TRAIN_KEYS = frozenset({
+    "lora_rank", "lora_targets", "learning_rate", "lr_schedule", "warmup_steps", "epochs", "weight_decay",
+    "gradient_clip_norm", "early_stopping_patience", "bucket_boundaries", "bucket_count",
+})  # fmt: skip
 
 
 class ParamsError(ValueError):
@@ -40,18 +48,27 @@ class DataParams:
 
     @property
     def split_paths(self) -> dict[str, Path]:
-        return {"train": self.train_path, "validation": self.validation_path}
+        return dict(zip(SPLITS, (self.train_path, self.validation_path), strict=True))
 
 
 @dataclass(frozen=True)
 class ValidateParams:
     reports_dir: Path = Path("reports/validate")
+    min_dialogues: int = 1
+
+    @property
+    def report_file(self) -> Path:
+        return self.reports_dir / "report.json"
 
 
 @dataclass(frozen=True)
 class PreprocessParams:
     out_dir: Path = Path("data/processed")
     max_history_turns: int = 4
+
+    def split_path(self, split: str) -> Path:
+        """The examples of one split (`train` or `validation`)."""
+        return self.out_dir / f"{split}.parquet"
 
 
 @dataclass(frozen=True)
@@ -86,6 +103,29 @@ class TokenizeParams:
     out_dir: Path = Path("data/tokenized")
     stats_file: Path = Path("reports/tokenize/stats.json")
 
+    def split_path(self, split: str) -> Path:
+        """The token ids and loss weights of one split (`train` or `validation`)."""
+        return self.out_dir / f"{split}.npz"
+
+
+@dataclass(frozen=True)
+class SafetyParams:
+    rules_file: Path = Path("data/safety/rules.yaml")
+    responses_file: Path = Path("data/safety/responses.yaml")
+    lexicon_file: Path = Path("data/safety/lexicon.yaml")
+    train_file: Path = Path("data/safety/train.tsv")
+    heldout_file: Path = Path("data/safety/heldout.tsv")
+    replies_file: Path = Path("data/safety/replies.tsv")
+    replies_heldout_file: Path = Path("data/safety/replies_heldout.tsv")
+    model_dir: Path = Path("models/safety")
+    metrics_file: Path = Path("reports/safety/metrics.json")
+    report_file: Path = Path("reports/safety/report.json")
+    validation_fraction: float = 0.2
+    seed: int = 7
+    check_in_recall: float = 0.97
+    crisis_safe_rate: float = 0.01
+    context_turns: int = 3
+
 
 @dataclass(frozen=True)
 class TrainParams:
@@ -96,7 +136,8 @@ class TrainParams:
     weight_decay: float = 0.01
     batch_size: int = 8
     padding: Literal["bucket", "fixed"] = "bucket"
-    bucket_boundaries: tuple[int, ...] = (64, 96, 128, 192, 256)
+    bucket_boundaries: tuple[int, ...] = ()
+    bucket_count: int = 16
     precision: Literal["float32", "bfloat16", "mixed_bfloat16"] = "float32"
     backend: Literal["tensorflow", "jax"] = "tensorflow"
     distribution: Literal["none", "data", "model"] = "none"
@@ -106,19 +147,53 @@ class TrainParams:
     shuffle: bool = True
     jit_compile: bool = True
     sample_max_new_tokens: int = 48
+    lora_targets: Literal["query_value", "all"] = "query_value"
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    gradient_clip_norm: float | None = None
+    early_stopping_patience: int = 0
+    log_every_steps: int = 10
+    eval_every_steps: int = 0
+    checkpoint_every_steps: int = 50
     out_dir: Path = Path("models/lora")
     checkpoint_dir: Path = Path("checkpoints/train")
     adapter_name: str = "maeum"
+    tiny: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_file(self) -> Path:
+        """The finished training's record (MLflow run id, epochs, adapter), read by evaluate, chat and the flow."""
+        return self.out_dir / "run.json"
+
+
+@dataclass(frozen=True)
+class EmotionParams:
+    model_dir: Path = Path("models/emotion")
+    metrics_file: Path = Path("reports/emotion/metrics.json")
+    seed: int = 11
 
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    out_dir: Path = Path("reports/evaluate")
     metrics_file: Path = Path("reports/evaluate/metrics.json")
-    num_generations: int = 16
+    generation_file: Path = Path("reports/evaluate/generation.json")
+    safety_file: Path = Path("reports/evaluate/safety.json")
+    report_file: Path = Path("reports/evaluate/report.md")
+    examples_file: Path = Path("reports/evaluate/examples.parquet")
+    loss_plot_file: Path = Path("reports/evaluate/loss_per_epoch.json")
+    num_generations: int = 48
     max_new_tokens: int = 48
-    safety_rules: Path = Path("data/safety/rules.yaml")
-    safety_eval_set: Path = Path("data/safety/eval_set.yaml")
+
+
+@dataclass(frozen=True)
+class PromotionParams:
+    mode: Literal["auto", "manual"] = "auto"
+    min_improvement: float = 0.01
+    confidence: float = 0.95
+    bootstrap_samples: int = 1000
+    generation_tolerance: float = 0.05
+    seed: int = 5
 
 
 @dataclass(frozen=True)
@@ -131,9 +206,19 @@ class ChatParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    trace: bool = True
+    queue_size: int = 8
+    max_tokens: int = 128
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str = "maeum-lora"
     registered_model: str = "maeum-lora"
+    system_metrics: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,9 +228,13 @@ class Params:
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     model: ModelParams = field(default_factory=ModelParams)
     tokenize: TokenizeParams = field(default_factory=TokenizeParams)
+    safety: SafetyParams = field(default_factory=SafetyParams)
     train: TrainParams = field(default_factory=TrainParams)
+    emotion: EmotionParams = field(default_factory=EmotionParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    promotion: PromotionParams = field(default_factory=PromotionParams)
     chat: ChatParams = field(default_factory=ChatParams)
+    serve: ServeParams = field(default_factory=ServeParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
     source: Path | None = None
 
@@ -190,7 +279,20 @@ def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: dict[str, Any
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value, path)
     params = _build(Params, raw, path, "")
-    return dataclasses.replace(params, source=path)
+    return dataclasses.replace(params, train=_train_for_preset(params, path), source=path)
+
+
+def _train_for_preset(params: Params, path: Path) -> TrainParams:
+    """The `train` section with `train.tiny` applied when the tiny preset is trained (the 2B recipe otherwise)."""
+    train = params.train
+    unknown = sorted(set(train.tiny) - TINY_TRAIN_KEYS)
+    if unknown:
+        raise ParamsError(f"{path}: train.tiny may override only {sorted(TINY_TRAIN_KEYS)}; got {unknown}")
+    if params.model.preset != TINY_PRESET or not train.tiny:
+        return train
+    hints = typing.get_type_hints(TrainParams)
+    values = {key: _coerce(hints[key], value, path, f"train.tiny.{key}") for key, value in train.tiny.items()}
+    return dataclasses.replace(train, **values)
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any, path: Path) -> None:

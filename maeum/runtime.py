@@ -7,8 +7,12 @@ environment or logging; only an entry point's `main` calls `prepare_process`.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import re
+import sys
+import threading
 
 TELEMETRY_OFF = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -17,6 +21,53 @@ TELEMETRY_OFF = {
     "DO_NOT_TRACK": "1",
 }
 NOISY_LOGGERS = ("great_expectations", "absl", "h5py", "alembic", "mlflow.store.db.utils")
+# What TensorFlow's native libraries print on a machine without a GPU, before Python's logging or
+# TF_CPP_MIN_LOG_LEVEL can act (absl writes to stderr until it is initialised): notices, not errors.
+CPU_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|oneDNN custom operations are on"
+    r"|cudart_stub\.cc.*Could not find cuda drivers"
+    r"|cuda_platform\.cc.*failed call to cuInit"
+    r"|cuda_executor\.cc.*could not open file to read NUMA"
+    r"|normalizer\.cc.*precompiled_charsmap is empty"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|computation placer already registered"
+)
+GPU_DEVICE = "/dev/nvidiactl"
+
+
+def quiet_cpu_noise() -> None:
+    """Drops TensorFlow's GPU-probing notices from this process's stderr on a machine without a GPU.
+
+    The native libraries write to file descriptor 2 directly, so the descriptor is replaced by a
+    pipe whose lines are copied to the real stderr unless they are one of the known notices
+    (`CPU_NOISE`); everything else, real errors and tracebacks included, passes through. Nothing
+    is changed on a machine with an NVIDIA device, where these lines can matter.
+    """
+    if os.path.exists(GPU_DEVICE) or getattr(quiet_cpu_noise, "active", False):
+        return
+    quiet_cpu_noise.active = True
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def copy() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as source, os.fdopen(real, "wb", buffering=0) as target:
+            for line in iter(source.readline, b""):
+                if not CPU_NOISE.search(line.decode("utf-8", "replace")):
+                    target.write(line)
+
+    copier = threading.Thread(target=copy, name="stderr-filter", daemon=True)
+    copier.start()
+
+    def finish() -> None:  # let the last lines (a traceback, say) through before the process ends
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        copier.join(timeout=5)
+
+    atexit.register(finish)
 
 
 def prepare_process(level: int = logging.INFO, backend: str | None = None) -> None:
@@ -32,6 +83,7 @@ def prepare_process(level: int = logging.INFO, backend: str | None = None) -> No
     if backend:
         os.environ.setdefault("KERAS_BACKEND", backend)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ banner hides real errors
+    quiet_cpu_noise()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -23,6 +23,12 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_PRESET = "maeum.preset"
 TAG_PARAMS_HASH = "maeum.params_hash"
 TAG_PREFECT_FLOW_RUN = "prefect.flow_run_id"
+FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"  # set in a flow run's processes (and its DVC stages)
+TAG_OUTPUT_ADAPTER = "maeum.adapter"  # the adapter file a training run chose (last, or best epoch)
+ADAPTER_ARTIFACTS = "lora"  # artifact folder of each epoch's .lora.h5 in a training run
+# The training settings a person compares runs by: tags in the runs table (every param is also a run param).
+TRAINING_SETTINGS = ("lora_rank", "lora_targets", "learning_rate", "lr_schedule", "warmup_steps", "epochs", "batch_size",
+                     "gradient_accumulation_steps", "gradient_clip_norm", "early_stopping_patience")  # fmt: skip
 
 
 def tracking_uri() -> str:
@@ -59,19 +65,25 @@ def git_commit() -> str | None:
 
 
 def run_name(params: Params, data_version: str) -> str:
-    """A name a person can read in the runs table: preset, rank, epochs, data, time."""
+    """A name a person can read in the runs table: preset, LoRA, schedule, batch, data, time."""
+    train = params.train
     stamp = time.strftime("%m%d-%H%M%S")
-    return (f"{params.model.preset}-r{params.train.lora_rank}-e{params.train.epochs}-"
-            f"b{params.train.batch_size}-data{data_version[:7]}-{stamp}")  # fmt: skip
+    accumulation = f"x{train.gradient_accumulation_steps}" if train.gradient_accumulation_steps > 1 else ""
+    return (f"{params.model.preset}-r{train.lora_rank}{'all' if train.lora_targets == 'all' else ''}-e{train.epochs}-"
+            f"lr{train.learning_rate:g}{'' if train.lr_schedule == 'constant' else train.lr_schedule}-"
+            f"b{train.batch_size}{accumulation}-data{data_version[:7]}-{stamp}")  # fmt: skip
+
+
+MODEL_SECTIONS = ("data.", "preprocess.", "model.", "tokenize.", "train.")  # what a trained adapter depends on
 
 
 def params_hash(params: Params) -> str:
-    """Hash of every parameter that changes the trained model (paths and chat decoding excluded)."""
+    """Hash of every parameter that changes the trained model (paths excluded): a changed setting retrains."""
     import hashlib
     import json
 
     relevant = {k: v for k, v in params.as_flat_dict().items()
-                if not k.endswith(("_dir", "_file", "raw_dir")) and not k.startswith("chat.")}  # fmt: skip
+                if k.startswith(MODEL_SECTIONS) and not k.endswith(("_dir", "_file"))}  # fmt: skip
     return hashlib.md5(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -80,12 +92,12 @@ def run_tags(params: Params, data_version: str) -> dict[str, str]:
         TAG_DATA_VERSION: data_version,
         TAG_PRESET: params.model.preset,
         TAG_PARAMS_HASH: params_hash(params),
-        "maeum.lora_rank": str(params.train.lora_rank),
+        **{f"maeum.train.{key}": str(getattr(params.train, key)) for key in TRAINING_SETTINGS},
     }
     commit = git_commit()
     if commit:
         tags[TAG_GIT_COMMIT] = commit
-    flow_run = os.environ.get("PREFECT__FLOW_RUN_ID")
+    flow_run = os.environ.get(FLOW_RUN_ENV)
     if flow_run:
         tags[TAG_PREFECT_FLOW_RUN] = flow_run
     return tags

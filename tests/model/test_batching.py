@@ -7,7 +7,7 @@ import pytest
 
 from maeum import batching, gemma
 from maeum.config import TinyModelParams
-from tasks.tokenize import TokenizedSplit
+from maeum.tokenized import TokenizedSplit
 
 TINY = TinyModelParams(num_layers=2, hidden_dim=16, intermediate_dim=32, head_dim=8, sliding_window_size=256)
 VOCAB = 64
@@ -30,17 +30,34 @@ def ragged_split(lengths: list[int], prompt_fraction: float = 0.6, seed: int = 0
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
-def test_bucketing_loses_and_duplicates_no_example(batch_size):
+def test_bucketing_loses_and_duplicates_no_example_and_pads_to_the_smallest_bucket(batch_size):
     lengths = np.random.default_rng(1).integers(5, 257, size=101)
-    plans = batching.plan_batches(lengths, [64, 128, 192, 256], batch_size, np.random.default_rng(7))
+    boundaries = [64, 128, 192, 256]
+    plans = batching.plan_batches(lengths, boundaries, batch_size, np.random.default_rng(7))
     indices = np.concatenate([p.indices for p in plans])
     real = indices[indices != batching.PAD_ROW]
     assert sorted(real.tolist()) == list(range(101))
     assert all(len(p.indices) == batch_size for p in plans)
     for plan in plans:
-        members = plan.indices[plan.indices != batching.PAD_ROW]
-        assert np.all(lengths[members] <= plan.length)
-        assert np.all(lengths[members] > max([b for b in (0, 64, 128, 192, 256) if b < plan.length]))
+        longest = lengths[plan.indices[plan.indices != batching.PAD_ROW]].max()
+        assert plan.length == min(b for b in boundaries if b >= longest)
+
+
+def test_sorted_batches_pad_less_than_random_batches_of_the_same_buckets():
+    lengths = np.clip(np.random.default_rng(4).lognormal(np.log(75), 0.25, 512).round(), 16, 256).astype(int)
+    boundaries = batching.best_boundaries(lengths, 16, 256)
+    sorted_plans = batching.plan_batches(lengths, boundaries, 8, np.random.default_rng(0))
+    assert batching.padding_stats(lengths, sorted_plans)["pad_fraction"] < 0.05
+    one_shape = batching.plan_batches(lengths, [256], 8, np.random.default_rng(0))
+    assert batching.padding_stats(lengths, one_shape)["pad_fraction"] > 0.6
+
+
+def test_best_boundaries_are_exact_and_end_at_the_longest_allowed_length():
+    lengths = np.asarray([10, 10, 10, 20, 20, 40])
+    assert batching.best_boundaries(lengths, 1, 64) == [64]
+    assert batching.best_boundaries(lengths, 3, 64) == [10, 20, 64]  # padding 24 (40 -> 64); any other choice pads more
+    assert batching.best_boundaries(lengths, 10, 64) == [10, 20, 40, 64]  # no more shapes than distinct lengths
+    assert batching.best_boundaries(np.asarray([300]), 4, 256) == [256]
 
 
 def test_shuffling_is_reproducible_from_the_seed_and_changes_per_epoch():

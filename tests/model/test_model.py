@@ -97,15 +97,11 @@ def test_unknown_preset_is_a_clear_error():
         gemma.resolve_base(ModelParams(preset="gemma9_huge"))
 
 
-def test_real_preset_offline_fails_at_once_with_instructions(monkeypatch, tmp_path):
-    import time
-
+def test_real_preset_offline_fails_with_instructions(monkeypatch, tmp_path):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
     params = ModelParams(preset="gemma2_instruct_2b_en", kaggle_handles={"gemma2_instruct_2b_en": "keras/gemma2/keras/gemma2_instruct_2b_en/1"})
-    started = time.perf_counter()
     with pytest.raises(gemma.WeightsUnavailable) as error:
         gemma.resolve_base(params)
-    assert time.perf_counter() - started < 30
     message = str(error.value)
     assert "offline" in message and "KAGGLEHUB_CACHE" in message and "preset folder" in message
     assert "Traceback" not in message

@@ -1,134 +1,317 @@
-"""Tokenized examples, and a real tiny training run tracked in a real MLflow store."""
+"""train stage: a real small training run tracked in a real MLflow store; resume at any step; the settings users expect."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from maeum import gemma
-from maeum.gemma import decode
-from maeum.dialogue import END_OF_TURN
-from tasks.tokenize import TokenizedSplit, tokenize_examples
+from maeum import gemma, tracking
+from maeum.config import TinyModelParams, TrainParams, load_params
+from maeum.progress import Progress
+from maeum.tokenized import TokenizedSplit
+from tasks import train as stage
+
+TINY = TinyModelParams(num_layers=2, hidden_dim=16, intermediate_dim=32, num_query_heads=4, num_key_value_heads=2,
+                       head_dim=8, sliding_window_size=64, pretrain_epochs=0)  # fmt: skip
+VOCAB = 64
+ALL_PROJECTIONS = {"query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear"}
 
 
-@pytest.fixture(scope="module")
-def base(prepared, pipeline_dir):
-    return gemma.load_base(pipeline_dir / prepared.model.base_dir)
+def lora_arrays(path: Path) -> dict[str, np.ndarray]:
+    import h5py
+
+    arrays = {}
+    with h5py.File(path, "r") as file:
+        file.visititems(lambda name, item: arrays.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays
 
 
-def test_response_mask_covers_exactly_the_response_and_its_end_marker(prepared, pipeline_dir, base):
-    examples = pd.read_parquet(pipeline_dir / prepared.preprocess.out_dir / "validation.parquet")
-    split = TokenizedSplit.load(pipeline_dir / prepared.tokenize.out_dir / "validation.npz")
-    for index in range(5):
-        ids, weights = split.example(index)
-        prompt_length = split.prompt_lengths[index]
-        assert np.all(weights[:prompt_length] == 0) and np.all(weights[prompt_length:] == 1)
-        assert decode(base.tokenizer, ids[weights == 1]) == examples.loc[index, "response_text"] + END_OF_TURN
-        assert ids[0] == base.tokenizer.token_to_id("<bos>")
-        assert decode(base.tokenizer, ids[1:prompt_length]) == examples.loc[index, "prompt"]
-
-
-def test_loss_on_all_weights_every_token(prepared, pipeline_dir, base):
-    examples = pd.read_parquet(pipeline_dir / prepared.preprocess.out_dir / "validation.parquet").head(3)
-    split, _ = tokenize_examples(examples, base.tokenizer, 256, "all")
-    assert np.all(split.weights == 1)
-
-
-def test_truncation_drops_history_and_keeps_the_response(prepared, pipeline_dir, base):
-    examples = pd.read_parquet(pipeline_dir / prepared.preprocess.out_dir / "train.parquet")
-    third_turns = examples[examples["turn"] == 3].head(5).reset_index(drop=True)
-    full, _ = tokenize_examples(third_turns, base.tokenizer, 1024, "response")
-    budget = int(full.lengths.min()) - 8  # forces every example to give something up
-    short, stats = tokenize_examples(third_turns, base.tokenizer, budget, "response")
-    assert stats["truncated_examples"] == 5 and stats["dropped_history_turns"] >= 5 and stats["cut_response_tokens"] == 0
-    assert int(short.lengths.max()) <= budget + 1
-    for index in range(5):
-        full_ids, full_weights = full.example(index)
-        short_ids, short_weights = short.example(index)
-        assert short_ids[short_weights == 1].tolist() == full_ids[full_weights == 1].tolist()
-        assert short_ids[-len(third_turns.loc[index, "response_text"]) :].size  # response present
-        user_tail = full.prompt(index)[-12:].tolist()
-        assert short.prompt(index)[-12:].tolist() == user_tail  # the end of the user turn survives
+# === The session's run ===
 
 
 def test_training_lowers_validation_loss_below_the_base(trained):
     result, metrics = trained
-    assert metrics["val_loss_tuned"] < metrics["val_loss_base"]
-    assert metrics["perplexity_tuned"] < metrics["perplexity_base"]
+    assert metrics["val_loss_tuned"] < metrics["val_loss_base"] and metrics["val_bpc_tuned"] < metrics["val_bpc_base"]
     assert [e.epoch for e in result.epochs] == [1, 2]
     assert result.epochs[1].val_loss < result.epochs[0].val_loss
-    assert metrics["safety_crisis_recall"] == 1.0 and metrics["safety_false_positives"] == 0  # the project set, every run
-    for key in ("chrf", "distinct_1", "distinct_2"):
-        assert 0 <= metrics[key] <= (100 if key == "chrf" else 1)
 
 
-def test_each_epoch_saved_an_adapter_that_reloads(trained, prepared, pipeline_dir):
+def test_each_epoch_saved_an_adapter_on_every_projection_that_reloads(trained, prepared, pipeline_dir):
     result, _ = trained
     out = pipeline_dir / prepared.train.out_dir
-    assert sorted(p.name for p in out.glob("*.lora.h5")) == ["maeum_2_epoch1.lora.h5", "maeum_2_epoch2.lora.h5"]
-    run = json.loads((out / "run.json").read_text())
-    assert run["run_id"] == result.run_id and run["last_adapter"] == "maeum_2_epoch2.lora.h5"
-    assert all(e["sample_prompt"] for e in run["epochs"])
+    assert sorted(p.name for p in out.glob("*.lora.h5")) == ["maeum_4_epoch1.lora.h5", "maeum_4_epoch2.lora.h5"]
+    run = json.loads((pipeline_dir / prepared.train.run_file).read_text())
+    assert run["run_id"] == result.run_id and run["adapter"] == "maeum_4_epoch2.lora.h5" and run["lora_targets"] == "all"
     assert not (pipeline_dir / prepared.train.checkpoint_dir).exists()  # finished runs leave no resume state
+    base = gemma.load_base(pipeline_dir / prepared.model.base_dir)
+    gemma.load_lora(base.causal_lm, out / run["adapter"])
+    enabled = {layer.name for layer in base.causal_lm.backbone._flatten_layers() if getattr(layer, "lora_enabled", False)}
+    assert enabled == ALL_PROJECTIONS  # all seven kinds of projection, not keras-hub's default query/value only
 
 
-def test_mlflow_run_holds_params_epoch_metrics_and_adapters(trained, prepared, pipeline_env):
+def test_mlflow_run_holds_step_and_epoch_metrics_adapters_and_settings(trained, prepared, pipeline_env, pipeline_dir):
     import mlflow
 
     result, metrics = trained
     client = mlflow.MlflowClient(tracking_uri=pipeline_env["MLFLOW_TRACKING_URI"])
     run = client.get_run(result.run_id)
-    assert run.data.params["train.lora_rank"] == "2" and run.data.params["train.learning_rate"] == "0.0001"
+    assert run.data.params["train.lora_rank"] == "4" and run.data.params["train.lora_targets"] == "all"
     assert set(prepared.as_flat_dict()) <= set(run.data.params)
-    for metric in ("train_loss", "val_loss", "train_accuracy"):
-        history = client.get_metric_history(result.run_id, metric)
-        assert [m.step for m in history] == [1, 2]
-    assert run.data.metrics["val_loss_tuned"] == pytest.approx(metrics["val_loss_tuned"])
-    assert run.data.tags["maeum.data_version"] and run.data.tags["maeum.preset"] == "tiny"
-    artifacts = {a.path for a in client.list_artifacts(result.run_id, "lora")}
-    assert artifacts == {"lora/maeum_2_epoch1.lora.h5", "lora/maeum_2_epoch2.lora.h5"}
-    assert {a.path for a in client.list_artifacts(result.run_id, "samples")} >= {"samples/epoch_1.txt", "samples/epoch_2.txt"}
-    assert [a.path for a in client.list_artifacts(result.run_id, "plots")] == ["plots/loss_curve.png"]
+    steps = [m.step for m in client.get_metric_history(result.run_id, "train_loss")]
+    every = prepared.train.log_every_steps
+    assert len(steps) >= 4 and steps == list(range(every, every * (len(steps) + 1), every))  # global steps
+    assert [m.step for m in client.get_metric_history(result.run_id, "learning_rate")] == steps
+    assert all(m.value > 0 for m in client.get_metric_history(result.run_id, "tokens_per_second"))
+    last_step = result.epochs[-1].global_step
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [result.epochs[0].global_step, last_step]
+    for metric in ("epoch_train_loss", "epoch_val_loss", "epoch_seconds"):
+        assert [m.step for m in client.get_metric_history(result.run_id, metric)] == [1, 2]
+    assert run.data.metrics["val_bpc_tuned"] == pytest.approx(metrics["val_bpc_tuned"])
+    assert run.data.tags["maeum.train.lora_targets"] == "all" and run.data.tags["maeum.adapter"] == "maeum_4_epoch2.lora.h5"
+    assert {a.path for a in client.list_artifacts(result.run_id, "lora")} == {"lora/maeum_4_epoch1.lora.h5",
+                                                                            "lora/maeum_4_epoch2.lora.h5"}  # fmt: skip
     assert "base/assets" in {a.path for a in client.list_artifacts(result.run_id, "base")}
 
 
-def test_killed_training_resumes_from_the_last_finished_epoch(prepared, pipeline_dir, pipeline_env, tmp_path):
-    params = tmp_path / "params.yaml"
-    base_dir = pipeline_dir / prepared.model.base_dir
-    params.write_text(
-        (pipeline_dir / "params.yaml").read_text()
-        .replace("  epochs: 2\n", "  epochs: 3\n")
-        + f"tokenize:\n  out_dir: {pipeline_dir / prepared.tokenize.out_dir}\n"
-    )  # fmt: skip
-    params.write_text(params.read_text().replace("model:\n", f"model:\n  base_dir: {base_dir}\n"))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    first_epoch = tmp_path / "checkpoints/train/backup/training_metadata.json"  # epoch 1 fully done
-    command = [sys.executable, "-m", "tasks.train", "--params", str(params)]
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not first_epoch.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert first_epoch.exists(), process.communicate()[0][-2000:] if process.poll() is not None else "no epoch in time"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (tmp_path / "models/lora").exists()  # a killed run publishes nothing
+# === Resume after kill -9 at any step ===
 
-    resumed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+def run_command(params_file: Path) -> list[str]:
+    return [sys.executable, "-m", "tasks.train", "--params", str(params_file)]
+
+
+@pytest.fixture(scope="module")
+def resume_setup(prepared, pipeline_dir, tmp_path_factory):
+    """Two folders training the same thing: one runs through, one is killed inside epoch 1 and rerun."""
+    folders = {}
+    for name in ("uninterrupted", "killed"):
+        folder = tmp_path_factory.mktemp(name)
+        text = (pipeline_dir / "params.yaml").read_text() + (
+            f"tokenize:\n  out_dir: {pipeline_dir / prepared.tokenize.out_dir}\n"
+        )
+        text = text.replace("model:\n", f"model:\n  base_dir: {pipeline_dir / prepared.model.base_dir}\n")
+        text = text.replace("  checkpoint_every_steps: 10\n", "  checkpoint_every_steps: 3\n").replace("  epochs: 2\n", "  epochs: 2\n  seed: 7\n")
+        text = text.replace("raw_dir: corpus", f"raw_dir: {pipeline_dir / 'corpus'}")
+        (folder / "params.yaml").write_text(text)
+        folders[name] = folder
+    return folders
+
+
+def test_killed_mid_epoch_resumes_and_ends_where_an_uninterrupted_run_ends(resume_setup):
+    env_base = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    uninterrupted, killed = resume_setup["uninterrupted"], resume_setup["killed"]
+    env = {**env_base, "MLFLOW_TRACKING_URI": f"sqlite:///{uninterrupted / 'mlflow.db'}"}
+    done = subprocess.run(run_command(uninterrupted / "params.yaml"), cwd=uninterrupted, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    env = {**env_base, "MLFLOW_TRACKING_URI": f"sqlite:///{killed / 'mlflow.db'}"}
+    params = load_params(killed / "params.yaml")
+    checkpoint = killed / params.train.checkpoint_dir / stage.STEP_CHECKPOINT
+    process = subprocess.Popen(run_command(killed / "params.yaml"), cwd=killed, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    killed_at = None
+    while process.poll() is None and time.monotonic() < deadline:
+        if checkpoint.exists():
+            with np.load(checkpoint) as data:
+                state = json.loads(data["state"].tobytes())
+            if state["epoch"] == 0 and state["global_step"] >= 6:  # two step checkpoints into epoch 1
+                process.send_signal(signal.SIGKILL)
+                killed_at = state
+                break
+        time.sleep(0.05)
+    process.wait()
+    assert killed_at is not None, "the run ended before it could be killed inside epoch 1"
+    assert not (killed / params.train.out_dir).exists()  # a killed run publishes nothing
+
+    resumed = subprocess.run(run_command(killed / "params.yaml"), cwd=killed, env=env,
+                             capture_output=True, text=True, timeout=600)  # fmt: skip
     output = resumed.stdout + resumed.stderr
-    assert "Epoch 1/3" not in output and "Epoch 2/3" in output
-    run = json.loads((tmp_path / "models/lora/run.json").read_text())
-    assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3]
+    assert resumed.returncode == 0, output[-3000:]
+    assert f"resuming at epoch 1, batch {killed_at['step_in_epoch']}" in output  # not from the start of epoch 1
+
+    final = [json.loads((folder / params.train.run_file).read_text()) for folder in (uninterrupted, killed)]
+    assert [e["epoch"] for e in final[1]["epochs"]] == [1, 2]
+    expected = lora_arrays(uninterrupted / params.train.out_dir / final[0]["adapter"])
+    got = lora_arrays(killed / params.train.out_dir / final[1]["adapter"])
+    assert expected.keys() == got.keys()
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-6, err_msg=name)
+
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-    assert len(client.search_runs([client.get_experiment_by_name("maeum-lora").experiment_id])) == 1
-    assert [m.step for m in client.get_metric_history(run["run_id"], "val_loss")] == [1, 2, 3]
+    (run,) = client.search_runs([client.get_experiment_by_name(params.tracking.experiment).experiment_id])  # one run, continued
+    assert run.info.run_id == final[1]["run_id"]
+    steps = sorted({m.step for m in client.get_metric_history(run.info.run_id, "train_loss")})
+    every = params.train.log_every_steps
+    assert steps == list(range(every, final[1]["epochs"][-1]["global_step"] + 1, every))  # every global step logged, none skipped
+
+
+# === The settings, each checked so that ignoring it would fail ===
+
+
+def ragged_split(count: int, length: int, seed: int = 0) -> TokenizedSplit:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(4, VOCAB, size=count * length).astype("int32")
+    return TokenizedSplit(ids=ids, weights=np.ones(count * length, "float32"),
+                          offsets=np.arange(0, count * length + 1, length, dtype="int64"),
+                          prompt_lengths=np.ones(count, "int32"), talk_ids=np.asarray([f"t{i}" for i in range(count)]),
+                          turns=np.ones(count, "int32"))  # fmt: skip
+
+
+def fresh_model(train: TrainParams, total_steps: int = 100):
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(3)
+    causal_lm = keras_hub.models.GemmaCausalLM(backbone=gemma.tiny_backbone(TINY, VOCAB), preprocessor=None)
+    stage.compile_for_lora(causal_lm, train, total_steps)
+    # LoRA's B factors start at zero; give them values so every update is visible in every factor.
+    for variable in causal_lm.trainable_variables:
+        variable.assign(np.random.default_rng(1).normal(0, 0.05, variable.shape).astype("float32"))
+    return causal_lm
+
+
+def lora_values(causal_lm) -> list[np.ndarray]:
+    import keras
+
+    return [keras.ops.convert_to_numpy(v).copy() for v in causal_lm.trainable_variables]
+
+
+def train_steps(causal_lm, split: TokenizedSplit, rows_per_batch: int) -> None:
+    from maeum import batching
+
+    plans = [batching.BatchPlan(int(split.lengths[0]) - 1, np.arange(start, start + rows_per_batch))
+             for start in range(0, len(split), rows_per_batch)]  # fmt: skip
+    for x, y, weights in batching.iterate_batches(split, plans):
+        causal_lm.train_on_batch(x, y, sample_weight=weights)
+
+
+BASE_TRAIN = TrainParams(lora_rank=2, learning_rate=1e-2, jit_compile=False)
+
+
+def test_gradient_accumulation_over_k_batches_equals_one_step_of_k_times_the_batch():
+    split = ragged_split(16, 12)
+    accumulated = fresh_model(dataclasses.replace(BASE_TRAIN, gradient_accumulation_steps=2))
+    train_steps(accumulated, split, 4)  # 4 batches of 4: two optimizer updates
+    large = fresh_model(BASE_TRAIN)
+    train_steps(large, split, 8)  # 2 batches of 8: two optimizer updates
+    single = fresh_model(BASE_TRAIN)
+    train_steps(single, split, 4)  # 4 batches of 4 without accumulation: four updates
+    for ours, theirs, other in zip(lora_values(accumulated), lora_values(large), lora_values(single)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+    assert any(not np.allclose(a, b, atol=1e-6) for a, b in zip(lora_values(accumulated), lora_values(single)))
+
+
+def test_gradient_clipping_bounds_the_update():
+    split = ragged_split(8, 12)
+    before = lora_values(fresh_model(BASE_TRAIN))
+    free, clipped = fresh_model(BASE_TRAIN), fresh_model(dataclasses.replace(BASE_TRAIN, gradient_clip_norm=1e-9))
+    train_steps(free, split, 8)
+    train_steps(clipped, split, 8)
+    moved_free = sum(float(np.abs(a - b).sum()) for a, b in zip(lora_values(free), before))
+    moved_clipped = sum(float(np.abs(a - b).sum()) for a, b in zip(lora_values(clipped), before))
+    assert moved_clipped < 0.01 * moved_free
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_learning_rate_schedule_warms_up_then_follows_its_shape(schedule):
+    train = dataclasses.replace(BASE_TRAIN, lr_schedule=schedule, warmup_steps=4)
+    total = 20
+    rates = [stage.learning_rate_at(train, step, total) for step in range(total)]
+    assert rates[:4] == pytest.approx([0.25e-2, 0.5e-2, 0.75e-2, 1e-2])
+    if schedule == "constant":
+        assert rates[4:] == pytest.approx([1e-2] * (total - 4))
+    else:
+        assert rates[4] == pytest.approx(1e-2) and rates[-1] < 0.1e-2 and all(a >= b for a, b in zip(rates[4:], rates[5:]))
+    keras_schedule = stage.learning_rate_schedule(train, total)
+    assert [float(keras_schedule(step)) for step in range(total)] == pytest.approx(rates, rel=1e-5)
+
+
+def test_the_schedule_drives_the_optimizer():
+    import keras
+
+    train = dataclasses.replace(BASE_TRAIN, lr_schedule="linear", warmup_steps=2)
+    causal_lm = fresh_model(train, total_steps=4)
+    train_steps(causal_lm, ragged_split(12, 12), 4)  # three batches
+    optimizer = causal_lm.optimizer
+    assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(stage.learning_rate_at(train, 3, 4))
+
+
+def test_early_stopping_stops_and_keeps_the_best_epochs_adapter(prepared, pipeline_dir, pipeline_env, tmp_path):
+    from tests.model.conftest import working_dir
+
+    # A learning rate far too high: validation loss gets worse after the first epoch.
+    overrides = {"train.learning_rate": 0.5, "train.epochs": 4, "train.early_stopping_patience": 1,
+                 "train.out_dir": str(tmp_path / "lora"), "train.checkpoint_dir": str(tmp_path / "checkpoints")}  # fmt: skip
+    with working_dir(pipeline_dir, pipeline_env):
+        params = load_params("params.yaml", overrides)
+        result = stage.run(params)
+    losses = [e.val_loss for e in result.epochs]
+    best = int(np.argmin(losses)) + 1
+    assert len(result.epochs) < 4  # stopped early
+    assert result.adapter == stage.adapter_file_name(params.train, best)
+    assert json.loads((tmp_path / "lora" / "run.json").read_text())["adapter"] == result.adapter
+    assert losses[-1] > losses[best - 1]
+
+
+def test_a_changed_setting_changes_the_params_hash_and_the_run_name():
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    changed = load_params(Path(__file__).resolve().parents[2] / "params.yaml", {"train.gradient_accumulation_steps": 4})
+    assert tracking.params_hash(params) != tracking.params_hash(changed)
+    assert "x4" in tracking.run_name(changed, "d" * 32) and "x4" not in tracking.run_name(params, "d" * 32)
+    assert tracking.run_tags(changed, "d")["maeum.train.gradient_accumulation_steps"] == "4"
+    chat_only = load_params(Path(__file__).resolve().parents[2] / "params.yaml", {"chat.top_k": 9, "serve.port": 9})
+    assert tracking.params_hash(chat_only) == tracking.params_hash(params)  # decoding and serving do not retrain
+
+
+# === Progress ===
+
+
+class Terminal:
+    def __init__(self):
+        self.written = []
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.written.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_progress_draws_a_bar_on_a_terminal():
+    terminal = Terminal()
+    progress = Progress("train epoch 1/2", 10, stream=terminal)
+    for _ in range(10):
+        progress.update(tokens=100, loss=1.5)
+    progress.close()
+    text = "".join(terminal.written)
+    assert "\r[########################] train epoch 1/2 10/10" in text and "tok/s" in text and "loss 1.5000" in text
+    assert "ETA" in text and text.endswith("\n")
+
+
+def test_progress_writes_periodic_log_lines_without_a_terminal(caplog):
+    import io
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="maeum.progress"):
+        progress = Progress("scoring base", 100, stream=io.StringIO(), every_seconds=0.0)
+        for _ in range(3):
+            progress.update(tokens=10)
+        progress.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "maeum.progress"]
+    assert len(lines) == 4 and lines[-1].startswith("scoring base 3/100") and "\r" not in "".join(lines)

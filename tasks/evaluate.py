@@ -1,10 +1,19 @@
-"""evaluate stage: is the tuned model better than its base, and how does it answer?
+"""evaluate stage: is the tuned model better than its base, how does it answer, and how safe is the screen it ships with?
 
-On the validation split: response-token loss and perplexity of the base (LoRA off) and of the
-tuned model (the last epoch's adapter); replies of both to a fixed set of validation prompts,
-scored against the reference replies with chrF (sacrebleu) and for variety with distinct-1/2.
-Writes DVC metrics and plots, a side-by-side report, and logs the numbers to the training's
-MLflow run.
+On the validation split, for the base (LoRA off) and the tuned model (the training's adapter):
+
+- how well each predicts the reference replies: response-token loss, perplexity and bits per
+  character (tokenizer-independent, so a champion with another tokenizer can be compared);
+- replies to `evaluate.num_generations` validation prompts spread over the emotion groups, scored for empathetic
+  dialogue (`maeum.scorecard.generation_metrics`): chrF, morpheme distinct-1/2, repetition, length
+  against the reference, exploration (asking the speaker), emotion reflection per emotion group
+  (`maeum.emotion`), and whether replies end their turn and start as whole words;
+- the crisis screen of `safety:` on the held-out messages: recall per crisis category, false
+  positives per safe category at both levels, and on the held-out model replies.
+
+Writes three DVC metrics files (model, replies per emotion group, safety), per-example scores for
+promotion's bootstrap, a side-by-side report, the loss curve, and the same numbers in the training's
+MLflow run (or, when that run is not in this store, in a new run linked to it).
 
     python -m tasks.evaluate [--params params.yaml]
 """
@@ -13,183 +22,145 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from maeum import atomic, batching, gemma, tracking
-from maeum.config import Params, TrainParams
+import pandas as pd
+
+from maeum import atomic, gemma, tracking
+from maeum.config import Params
+from maeum.emotion import EmotionClassifier
 from maeum.runtime import stage_params
-from tasks.tokenize import TokenizedSplit
-from tasks.train import RUN_FILE, boundaries_for
+from maeum.safety import Screen, evaluation
+from maeum.scorecard import Scorecard, score_model
 
 log = logging.getLogger(__name__)
 
-LOSS_PLOT_FILE = "loss_per_epoch.json"
-REPORT_FILE = "report.md"
-EVAL_BATCH_SIZE = 8  # scoring needs no gradients, so batch wider than training when it is at 1
+MODELS = ("base", "tuned")
+HEADLINE = ("val_loss", "val_bpc", "perplexity", "chrf", "emotion_reflection", "end_of_turn_rate", "distinct_2",
+            "exploration_rate")  # fmt: skip
+REPORT_ARTIFACT = "evaluation"  # folder in the MLflow run
+TAG_TRAINING_RUN = "maeum.training_run_id"  # on an evaluation run created because the training run is elsewhere
 
 
-# === Core: scores ===
+# === Core ===
 
 
-def distinct_n(texts: list[str], n: int) -> float:
-    """Unique n-grams over all n-grams of whitespace tokens, across all texts (0 when there are none)."""
-    total, unique = 0, set()
-    for text in texts:
-        tokens = text.split()
-        grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-        total += len(grams)
-        unique.update(grams)
-    return len(unique) / total if total else 0.0
+def model_metrics(cards: dict[str, Scorecard]) -> dict[str, float]:
+    """`<metric>_<model>` for every model's numbers."""
+    return {f"{name}_{model}": value for model, card in cards.items() for name, value in card.metrics.items()}
 
 
-def chrf(hypotheses: list[str], references: list[str]) -> float:
-    import sacrebleu
-
-    return float(sacrebleu.corpus_chrf(hypotheses, [references]).score)
-
-
-def response_loss(causal_lm: Any, split: TokenizedSplit, train: TrainParams) -> float:
-    """Mean cross-entropy over the weighted (response) tokens of `split`, batched as training batches them."""
-    import keras
-
-    lengths = split.lengths - 1
-    plans = batching.plan_batches(lengths, boundaries_for(train), max(train.batch_size, EVAL_BATCH_SIZE))
-    # Summing per-token losses keeps this a true mean over tokens, not a mean of batch means.
-    total, count = 0.0, 0.0
-    for x, y, weights in batching.iterate_batches(split, plans):
-        logits = causal_lm.predict_on_batch(x)
-        per_token = keras.ops.convert_to_numpy(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
-        total += float((per_token * weights).sum())
-        count += float(weights.sum())
-    return total / count
-
-
-def compare_models(base: gemma.LoadedBase, adapter: Path, lora_rank: int, validation: TokenizedSplit,
-                   references: list[str], params: Params) -> tuple[dict[str, float], list[dict[str, str]]]:  # fmt: skip
-    """Scores the base, then loads the adapter into the same model and scores it again.
-
-    Returns:
-        The metrics and, per evaluated prompt, the prompt, reference, base and tuned reply.
-    """
-    evaluate, train = params.evaluate, params.train
-    count = min(evaluate.num_generations, len(validation))
-    prompts = [validation.prompt(i).tolist() for i in range(count)]
-    generator = gemma.ReplyGenerator(base, prompt_budget=train.sequence_length, max_new_tokens=evaluate.max_new_tokens)
-    base_loss = response_loss(base.causal_lm, validation, train)
-    base_replies = generator.generate_text(prompts)
-
-    base.causal_lm.backbone.enable_lora(rank=lora_rank)
-    base.causal_lm.backbone.load_lora_weights(str(adapter))
-    # The traced predict/generate functions were built before the LoRA variables existed.
-    base.causal_lm.predict_function = None
-    base.causal_lm.generate_function = None
-    tuned_loss = response_loss(base.causal_lm, validation, train)
-    tuned_replies = generator.generate_text(prompts)
-
-    refs = references[:count]
-    metrics = {
-        "val_loss_base": base_loss,
-        "val_loss_tuned": tuned_loss,
-        "perplexity_base": math.exp(base_loss),
-        "perplexity_tuned": math.exp(tuned_loss),
-        "chrf": chrf(tuned_replies, refs),
-        "chrf_base": chrf(base_replies, refs),
-        "distinct_1": distinct_n(tuned_replies, 1),
-        "distinct_2": distinct_n(tuned_replies, 2),
-        "distinct_1_base": distinct_n(base_replies, 1),
-        "distinct_2_base": distinct_n(base_replies, 2),
-        "generations": count,
-    }
-    rows = [{"prompt": generator.detokenize(p), "reference": r, "base": b, "tuned": t}
-            for p, r, b, t in zip(prompts, refs, base_replies, tuned_replies)]  # fmt: skip
-    return metrics, rows
-
-
-def safety_metrics(rules_path: Path, eval_path: Path) -> dict[str, float]:
-    """How the crisis screen does on the project's crisis/safe set, so every run shows it.
-
-    `heldout` holds messages the rules were never tuned on: the honest estimate for new wording.
-    """
-    from tasks import safety
-
-    rules = safety.load_rules(rules_path)
-    metrics = {}
-    for section, prefix in ((safety.MAIN_SECTION, "safety"), (safety.HELDOUT_SECTION, "safety_heldout")):
-        scores = safety.evaluate_screen(eval_path, rules, section=section)
-        metrics[f"{prefix}_crisis_recall"] = scores["crisis_recall"]
-        metrics[f"{prefix}_crisis_missed"] = scores["crisis_total"] - scores["crisis_detected"]
-        metrics[f"{prefix}_false_positives"] = scores["false_positives"]
-        metrics[f"{prefix}_harmful_replies_missed"] = scores["reply_harmful_total"] - scores["reply_harmful_detected"]
-    return metrics
-
-
-def markdown_report(metrics: dict[str, Any], rows: list[dict[str, str]], run: dict[str, Any]) -> str:
+def markdown_report(values: dict[str, float], cards: dict[str, Scorecard], run: dict[str, Any], safety_report: dict[str, Any],
+                    references: list[str], replaced: list[bool]) -> str:  # fmt: skip
     lines = [
-        "# maeum evaluation",
-        "",
-        f"MLflow run `{run.get('run_id')}` · preset `{run.get('preset')}` · LoRA rank {run.get('lora_rank')} · "
-        f"data `{str(run.get('data_version'))[:12]}` · adapter `{run.get('last_adapter')}`",
-        "",
-        "| metric | base | tuned |",
-        "|---|---|---|",
-        f"| validation loss (response tokens) | {metrics['val_loss_base']:.4f} | {metrics['val_loss_tuned']:.4f} |",
-        f"| perplexity | {metrics['perplexity_base']:.2f} | {metrics['perplexity_tuned']:.2f} |",
-        f"| chrF | {metrics['chrf_base']:.2f} | {metrics['chrf']:.2f} |",
-        f"| distinct-1 / distinct-2 | {metrics['distinct_1_base']:.3f} / {metrics['distinct_2_base']:.3f} | "
-        f"{metrics['distinct_1']:.3f} / {metrics['distinct_2']:.3f} |",
-        f"Crisis screen (data/safety): recall {metrics['safety_crisis_recall']:.2f} with "
-        f"{metrics['safety_false_positives']} false positives on the project set; recall "
-        f"{metrics['safety_heldout_crisis_recall']:.2f} on held-out wording it was not tuned on.",
-        "",
-        "## Replies side by side",
-        "",
-    ]
-    for number, row in enumerate(rows, start=1):
-        prompt = row["prompt"].replace("\n", "  \n")
-        lines += [f"### {number}", "", "```", prompt, "```", "",
-                  f"- **reference:** {row['reference']}", f"- **base:** {row['base'] or '(empty)'}",
-                  f"- **tuned:** {row['tuned'] or '(empty)'}", ""]  # fmt: skip
+        "# maeum evaluation", "",
+        f"MLflow run `{run.get('run_id')}` · preset `{run.get('preset')}` · LoRA rank {run.get('lora_rank')} "
+        f"({run.get('lora_targets', 'query_value')}) · data `{str(run.get('data_version'))[:12]}` · adapter `{run.get('adapter')}`",
+        "", "| metric | base | tuned |", "|---|---|---|",
+    ]  # fmt: skip
+    for name in ("val_loss", "perplexity", "val_bpc", "chrf", "distinct_1", "distinct_2", "repetition_rate", "length_ratio",
+                 "exploration_rate", "emotion_reflection", "end_of_turn_rate", "mid_word_start_rate", "replacement_char_rate"):  # fmt: skip
+        lines.append(f"| {name} | {values[f'{name}_base']:.4f} | {values[f'{name}_tuned']:.4f} |")
+    overall = safety_report["overall"]
+    lines += ["", f"Crisis screen on the held-out set ({overall['crisis_total']} crisis, {overall['safe_total']} safe messages): "
+              f"recall {overall['crisis_recall']:.3f} (lowest category {overall['min_category_recall']:.3f}); safe messages "
+              f"as crisis {overall['safe_crisis_rate']:.3f}, as check_in or crisis {overall['safe_flagged_rate']:.3f}. "
+              "Per category: `safety.json`.", "", "## Replies side by side", ""]  # fmt: skip
+    for number, (prompt, reference, base, tuned, swapped) in enumerate(
+            zip(cards["tuned"].prompts, references, cards["base"].replies, cards["tuned"].replies, replaced), start=1):  # fmt: skip
+        lines += [f"### {number}", "", "```", prompt.replace("```", "'''"), "```", "", f"- **reference:** {reference}",
+                  f"- **base:** {base or '(empty)'}", f"- **tuned:** {tuned or '(empty)'}"
+                  + (" *(replaced by the reply screen in chat)*" if swapped else ""), ""]  # fmt: skip
     return "\n".join(lines)
 
 
 # === Edge ===
 
 
-def run(params: Params) -> dict[str, Any]:
-    """The stage: metrics, plots and report files, and the same numbers in the training's MLflow run."""
+def tracking_run(run_id: str, experiment: str) -> tuple[str, str | None]:
+    """The MLflow run to log into: the training's, or a new one linked to it when this store does not have it.
+
+    Returns:
+        (run id to log into, the training run id when a new run was created, else None).
+    """
     import mlflow
-    import pandas as pd
+    from mlflow.exceptions import MlflowException
 
-    run = json.loads((params.train.out_dir / RUN_FILE).read_text(encoding="utf-8"))
-    validation = TokenizedSplit.load(params.tokenize.out_dir / "validation.npz")
-    references = pd.read_parquet(params.preprocess.out_dir / "validation.parquet", columns=["response_text"])["response_text"].tolist()
-    base = gemma.load_base(params.model.base_dir, precision=params.train.precision)
-    metrics, rows = compare_models(base, params.train.out_dir / run["last_adapter"], run["lora_rank"], validation, references, params)
-    metrics.update(safety_metrics(params.evaluate.safety_rules, params.evaluate.safety_eval_set))
-    log.info("metrics: %s", metrics)
+    tracking.setup(experiment)
+    try:
+        mlflow.MlflowClient(tracking.tracking_uri()).get_run(run_id)
+        return run_id, None
+    except MlflowException:
+        log.warning("training run %s is not in the MLflow store %s (trained elsewhere or the store was reset): "
+                    "logging the evaluation to a new run tagged %s=%s", run_id, tracking.tracking_uri(), TAG_TRAINING_RUN, run_id)  # fmt: skip
+        with mlflow.start_run(run_name=f"evaluate-{run_id[:8]}", tags={TAG_TRAINING_RUN: run_id}) as created:
+            return created.info.run_id, run_id
 
-    out = params.evaluate.out_dir
-    loss_curve = [{"epoch": e["epoch"], "train_loss": e["train_loss"], "val_loss": e["val_loss"]} for e in run["epochs"]]
-    report = markdown_report(metrics, rows, run)
-    atomic.write_json(out / LOSS_PLOT_FILE, loss_curve)
-    atomic.write_text(out / REPORT_FILE, report)
-    atomic.write_json(params.evaluate.metrics_file, metrics)
 
-    tracking.setup(params.tracking.experiment)
-    with mlflow.start_run(run_id=run["run_id"]):
-        mlflow.log_metrics(tracking.plain_metrics(metrics))
-        mlflow.log_text(report, "evaluation/report.md")
-        mlflow.log_table(pd.DataFrame(rows), "evaluation/replies.json")
-    return metrics
+def run(params: Params) -> dict[str, Any]:
+    """The stage: metrics, plots, per-example scores and report files, and the same numbers in MLflow."""
+    import mlflow
+
+    record = json.loads(params.train.run_file.read_text(encoding="utf-8"))
+    examples = pd.read_parquet(params.preprocess.split_path("validation"))
+    emotion = EmotionClassifier.load(params.emotion.model_dir)
+    screen = Screen.load(params.safety)
+    evaluate, train = params.evaluate, params.train
+    model = gemma.load_base(params.model.base_dir, precision=train.precision)
+
+    cards = {"base": score_model(model, examples, train.sequence_length, None, evaluate.num_generations,
+                                 evaluate.max_new_tokens, emotion, "base")}  # fmt: skip
+    gemma.load_lora(model.causal_lm, params.train.out_dir / record["adapter"])
+    cards["tuned"] = score_model(model, examples, train.sequence_length, None, evaluate.num_generations,
+                                 evaluate.max_new_tokens, emotion, "tuned")  # fmt: skip
+    values = model_metrics(cards)
+    replaced = [screen.screen_reply(reply).harmful for reply in cards["tuned"].replies]
+    values["replies_replaced_tuned"] = float(sum(replaced))
+    safety_values, safety_report = evaluation.screen_report(screen, evaluation.read_examples(params.safety.heldout_file),
+                                                  evaluation.read_examples(params.safety.replies_heldout_file,
+                                                                           evaluation.REPLY_LABELS))  # fmt: skip
+    headline = {f"{name}_{model_name}": values[f"{name}_{model_name}"] for name in HEADLINE for model_name in MODELS}
+    generation = {key: value for key, value in values.items() if key not in headline}
+    log.info("base -> tuned: %s", ", ".join(f"{n} {values[f'{n}_base']:.3f} -> {values[f'{n}_tuned']:.3f}" for n in HEADLINE))
+
+    references = examples["response_text"].astype(str).tolist()
+    rows = cards["tuned"].rows
+    report = markdown_report(values, cards, record, safety_report, [references[i] for i in rows], replaced)
+    per_example = pd.DataFrame({"talk_id": cards["tuned"].talk_ids, "characters": cards["tuned"].characters,
+                                "tokens": cards["tuned"].scores.tokens, "nll_base": cards["base"].scores.nll,
+                                "nll_tuned": cards["tuned"].scores.nll, "reference": references,
+                                "prompt": "", "reply_base": "", "reply_tuned": ""})  # fmt: skip
+    for column, values_ in (("prompt", cards["tuned"].prompts), ("reply_base", cards["base"].replies),
+                            ("reply_tuned", cards["tuned"].replies)):  # fmt: skip
+        per_example.loc[rows, column] = values_
+    loss_curve = [{"epoch": e["epoch"], "train_loss": e["train_loss"], "val_loss": e["val_loss"]} for e in record["epochs"]]
+    atomic.write_json(evaluate.loss_plot_file, loss_curve)
+    atomic.write_text(evaluate.report_file, report)
+    with atomic.atomic_path(evaluate.examples_file) as tmp:
+        per_example.to_parquet(tmp, index=False)
+    atomic.write_json(evaluate.generation_file, generation)
+    atomic.write_json(evaluate.safety_file, {**safety_values, "report": safety_report})
+    atomic.write_json(evaluate.metrics_file, headline)
+
+    run_id, training_run = tracking_run(record["run_id"], params.tracking.experiment)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(tracking.plain_metrics({**values, **safety_values}))
+        mlflow.log_text(report, f"{REPORT_ARTIFACT}/report.md")
+        mlflow.log_dict(safety_report, f"{REPORT_ARTIFACT}/safety.json")
+        mlflow.log_table(pd.DataFrame({"prompt": cards["tuned"].prompts, "reference": [references[i] for i in rows],
+                                       "base": cards["base"].replies, "tuned": cards["tuned"].replies}),
+                         f"{REPORT_ARTIFACT}/replies.json")  # fmt: skip
+        if training_run:
+            mlflow.log_dict(record, f"{REPORT_ARTIFACT}/training_run.json")
+    return {**values, **safety_values, "mlflow_run_id": run_id}
 
 
 def main(argv: list[str] | None = None) -> int:
     params = stage_params(__doc__, argv)
-    metrics = run(params)
-    print(f"evaluate: val_loss base {metrics['val_loss_base']:.4f} -> tuned {metrics['val_loss_tuned']:.4f}, chrF {metrics['chrf']:.2f}")
+    values = run(params)
+    print("evaluate: " + ", ".join(f"{n} {values[f'{n}_base']:.3f} -> {values[f'{n}_tuned']:.3f}" for n in HEADLINE[:5]))
     return 0
 
 

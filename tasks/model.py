@@ -15,25 +15,30 @@ from __future__ import annotations
 import logging
 import sys
 
+import numpy as np
 import pandas as pd
 
 from maeum import atomic, gemma
 from maeum.config import Params
+from maeum.dialogue import ROLES, turn_block
 from maeum.runtime import stage_params
 
 log = logging.getLogger(__name__)
 
 
-def tiny_base_texts(train_examples: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Text for the tiny tokenizer (whole formatted examples) and for pretraining (plain utterances).
+def tiny_base_texts(train_examples: pd.DataFrame, seed: int) -> tuple[list[str], list[str]]:
+    """Text for the tiny tokenizer (whole formatted examples) and for pretraining (single turns).
 
     Returns:
-        (tokenizer texts, pretraining texts). Pretraining sees each utterance once and no chat
-        markers, so the base learns the language but not the assistant's turn-taking.
+        (tokenizer texts, pretraining texts). Pretraining sees each utterance once, alone, as one
+        turn of the chat template under a random role, so the base knows the words, the markers and
+        where a turn ends (the embedding of `<end_of_turn>` is tied to its output, which LoRA on the
+        attention cannot train), but not the assistant's task: which reply follows which turn.
     """
     tokenizer_texts = (train_examples["prompt"] + train_examples["response"]).tolist()
     utterances = pd.unique(pd.concat([train_examples["user_text"], train_examples["response_text"]], ignore_index=True))
-    return tokenizer_texts, [str(u) for u in utterances]
+    roles = np.random.default_rng(seed).choice(ROLES, size=len(utterances))
+    return tokenizer_texts, [turn_block(role, str(text)) for role, text in zip(roles, utterances)]
 
 
 def run(params: Params) -> dict:
@@ -45,8 +50,8 @@ def run(params: Params) -> dict:
             gemma.write_base_pointer(staging, params.model.preset, path.resolve())
         log.info("base %s -> %s", params.model.preset, path)
         return gemma.read_base_pointer(base_dir)
-    train_examples = pd.read_parquet(params.preprocess.out_dir / "train.parquet")
-    tokenizer_texts, pretrain_texts = tiny_base_texts(train_examples)
+    train_examples = pd.read_parquet(params.preprocess.split_path("train"))
+    tokenizer_texts, pretrain_texts = tiny_base_texts(train_examples, params.model.seed)
     causal_lm = gemma.build_tiny_base(tokenizer_texts, pretrain_texts, params.model, jit_compile=params.train.jit_compile)
     with atomic.atomic_dir(base_dir) as staging:
         causal_lm.save_to_preset(str(staging / gemma.TINY_PRESET_DIR))

@@ -1,140 +1,109 @@
-"""Prefect tasks around the pipeline stages: the same `run` functions `dvc repro` calls.
+"""Prefect tasks of the train-lora flow: the stages of dvc.yaml run through DVC, and the registry steps.
 
-Each task is a thin edge: it calls `tasks.<stage>.run(params)` (or `maeum.registry`), logs what a
-person looking at the Prefect UI needs, and declares its retry and cache policy:
+The stage graph has one description, dvc.yaml. The flow asks DVC for the stages in dependency order
+(`pipeline_stages`) and runs each as a task (`run_stage`) that asks DVC whether the stage is stale
+(`dvc status`, against dvc.lock) and, if so, runs it with `dvc repro --single-item`. DVC's lock file
+and run cache are the only cache: a dependency added to dvc.yaml changes what the flow reruns with
+no other edit, and a stage whose inputs come back to an earlier version is restored from the run
+cache instead of recomputed. Prefect adds what DVC does not have: retries where a retry can help,
+logs in one place, the schedule, and the registry steps after evaluate.
 
-- retries only where a retry can help: MLflow calls (a busy sqlite store, an unreachable
-  server) and the model stage's download; never a `ValidationFailed` or `WeightsUnavailable`,
-  which say the input or the machine is wrong and need a person.
-- the deterministic data stages (preprocess, model, tokenize) are cached by Prefect with
-  `INPUTS + TASK_SOURCE`. Their one cache input is a fingerprint of what `dvc.yaml` declares for
-  the stage: the raw data version (or the upstream stages' fingerprints), the stage's dotted
-  params and the source of its modules. `params` itself is excluded from the key, so changing
-  `train.lora_rank` does not rebuild the tokenized data.
-- these stages write files that later stages read, so a cache hit alone is not enough: the cached
-  result records an MD5 of the outputs as the stage left them, and `run_data_stage` reruns the
-  stage (`refresh_cache=True`) when the files on disk are missing or differ (deleted by hand,
-  `dvc checkout` of another version, a run on other data in the same folder).
+Retries only where they can help: MLflow calls (a busy sqlite store, an unreachable server). A
+failed stage (bad data, weights that cannot be had) needs a person, and a rerun of the flow
+continues from the first stale stage.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import INPUTS, TASK_SOURCE
 
-from maeum import gemma, registry, tracking
+from maeum import promotion, registry, tracking
 from maeum.config import Params
 from maeum.corpus import data_version
 
 SUMMARY_ARTIFACT_KEY = "train-lora-summary"  # one key: the Artifacts page shows its history across runs
 MLFLOW_RETRIES = 3
 MLFLOW_RETRY_DELAYS = [2, 10, 30]  # seconds; a locked sqlite file or a restarting server
-DOWNLOAD_RETRIES = 2
-DOWNLOAD_RETRY_DELAY = 60  # seconds; transient Kaggle / network errors
-
-DATA_STAGE_CACHE = (INPUTS - "params") + TASK_SOURCE
+OUTPUT_TAIL = 4000  # characters of a failed stage's output kept in the error
 
 
-# === What a data stage depends on (mirrors dvc.yaml; tests/flows checks they agree) ===
+class StageFailed(RuntimeError):
+    """A DVC stage exited with an error; the message holds the end of its output (the file, record and rule)."""
 
 
-@dataclass(frozen=True)
-class DataStage:
-    code: tuple[str, ...]  # modules whose source changes the outputs (dvc.yaml deps)
-    params: tuple[str, ...]  # dotted params sections or keys (dvc.yaml params)
-    upstream: tuple[str, ...]  # stages whose outputs it reads; none: it reads the raw data
+# === The graph, from DVC ===
 
 
-DATA_STAGES = {
-    "preprocess": DataStage(("tasks.preprocess", "maeum.corpus", "maeum.dialogue"), ("data", "preprocess"), ()),
-    "model": DataStage(("tasks.model", "maeum.gemma"), ("model", "train.jit_compile"), ("preprocess",)),
-    "tokenize": DataStage(("tasks.tokenize", "maeum.dialogue"), ("tokenize", "train.sequence_length", "train.loss_on"), ("preprocess", "model")),
-}
+def pipeline_stages(repo_dir: Path | str = ".") -> list[str]:
+    """The stages of dvc.yaml, dependencies first (ties in alphabetical order, so runs are reproducible)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        graph = repo.index.graph  # an edge (a, b): stage a depends on stage b
+        order = nx.lexicographical_topological_sort(graph.reverse(copy=True), key=lambda stage: stage.addressing)
+        return [stage.addressing for stage in order]
 
 
-def stage_outputs(stage: str, params: Params) -> list[Path]:
-    """The files and folders a data stage writes (dvc.yaml outs and metrics)."""
-    return {
-        "preprocess": [params.preprocess.out_dir],
-        "model": [params.model.base_dir],
-        "tokenize": [params.tokenize.out_dir, params.tokenize.stats_file],
-    }[stage]
+def downstream_of(stage: str, repo_dir: Path | str = ".") -> list[str]:
+    """`stage` and every stage that depends on it, directly or not (what `force` reruns)."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        graph = repo.index.graph
+        (node,) = [s for s in graph.nodes if s.addressing == stage]
+        return sorted({node.addressing, *(s.addressing for s in nx.ancestors(graph, node))})
 
 
-def _md5_json(value: Any) -> str:
-    return hashlib.md5(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+def stage_changes(stage: str, repo_dir: Path | str = ".") -> dict[str, Any]:
+    """What DVC finds changed for one stage (empty when it is up to date with dvc.lock)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo_dir)) as repo:
+        return repo.status(targets=[stage]).get(stage, {})
 
 
-def code_digest(modules: tuple[str, ...]) -> str:
-    """MD5 over the source files of `modules` (found by import name, so any working directory works)."""
-    digest = hashlib.md5()
-    for name in modules:
-        digest.update(name.encode())
-        digest.update(Path(importlib.util.find_spec(name).origin).read_bytes())
-    return digest.hexdigest()
+def _dvc_environment() -> dict[str, str]:
+    from prefect.runtime import flow_run
+
+    # dvc.yaml's commands call `python`: make it this interpreter, whatever PATH the worker has.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    if flow_run.id:  # the train stage tags its MLflow run with it (maeum.tracking.run_tags)
+        env[tracking.FLOW_RUN_ENV] = str(flow_run.id)
+    return env
 
 
-def stage_params(flat: dict[str, Any], selectors: tuple[str, ...]) -> dict[str, Any]:
-    return {k: v for k, v in flat.items() if any(k == s or k.startswith(s + ".") for s in selectors)}
-
-
-def stage_inputs(params: Params, raw_data_version: str) -> dict[str, str]:
-    """The cache input (`inputs_md5`) of each data stage: what it reads, chained through its upstream stages."""
-    flat = params.as_flat_dict()
-    inputs: dict[str, str] = {}
-    for name, stage in DATA_STAGES.items():
-        inputs[name] = _md5_json({
-            "stage": name,
-            "inputs": [inputs[u] for u in stage.upstream] or [raw_data_version],
-            "params": stage_params(flat, stage.params),
-            "code": code_digest(stage.code),
-        })  # fmt: skip
-    return inputs
-
-
-def outputs_digest(paths: list[Path]) -> str:
-    """MD5 over every file under `paths` (name and content); a missing path counts as such."""
-    entries = []
-    for root in paths:
-        root = Path(root)
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root] if root.is_file() else []
-        if not files:
-            entries.append([str(root), "missing"])
-        for path in files:
-            entries.append([str(path), hashlib.md5(path.read_bytes()).hexdigest()])
-    return _md5_json(entries)
-
-
-@dataclass(frozen=True)
-class StageOutput:
-    """A data stage's return value and the digest of the files it left (kept in Prefect's result store)."""
-
-    summary: Any
-    outputs_md5: str
-
-
-def _finish(stage: str, params: Params, summary: Any) -> StageOutput:
-    get_run_logger().info("%s: %s", stage, summary)
-    return StageOutput(summary=summary, outputs_md5=outputs_digest(stage_outputs(stage, params)))
-
-
-def run_data_stage(stage_task: Any, params: Params, inputs: dict[str, str]) -> StageOutput:
-    """Runs a cached data stage; reruns it if a cache hit's outputs are no longer on disk as it left them."""
-    name = stage_task.name
-    output = stage_task(params, inputs[name])
-    if output.outputs_md5 != outputs_digest(stage_outputs(name, params)):
-        get_run_logger().warning("%s: cached result, but its outputs on disk are missing or changed; running it again", name)
-        output = stage_task.with_options(refresh_cache=True)(params, inputs[name])
-    return output
+@task(name="stage", task_run_name="{stage}")
+def run_stage(stage: str, force: bool = False) -> dict[str, Any]:
+    """Runs one dvc.yaml stage through DVC if it is stale (or `force`); returns whether it ran and why."""
+    logger = get_run_logger()
+    changes = stage_changes(stage)
+    if not changes and not force:
+        logger.info("%s: up to date with dvc.lock, not run", stage)
+        return {"stage": stage, "ran": False}
+    logger.info("%s: %s", stage, "forced" if force and not changes else f"stale: {json.dumps(changes, ensure_ascii=False)[:500]}")
+    command = [sys.executable, "-m", "dvc", "repro", "--single-item", *(["--force"] if force else []), stage]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_dvc_environment())
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        logger.info("%s | %s", stage, line.rstrip())
+    if process.wait() != 0:
+        raise StageFailed(f"stage {stage} failed (dvc repro exit {process.returncode}):\n{''.join(lines)[-OUTPUT_TAIL:]}")
+    return {"stage": stage, "ran": True, "seconds": round(time.perf_counter() - started, 1)}
 
 
 # === Retry conditions ===
@@ -151,12 +120,10 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     return error is None or registry.is_transient(error)
 
 
-def retry_unless_unavailable(task: Any, task_run: Any, state: Any) -> bool:
-    """Retries the model stage except when the weights cannot be had (credentials, licence, offline)."""
-    return not isinstance(_error(state), gemma.WeightsUnavailable)
+MLFLOW_TASK = dict(retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS, retry_condition_fn=retry_if_transient)
 
 
-# === Tasks ===
+# === Registry tasks ===
 
 
 @dataclass(frozen=True)
@@ -173,88 +140,183 @@ def fingerprint(params: Params) -> Fingerprint:
     return result
 
 
-@task(name="find-champion", retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS,
-      retry_condition_fn=retry_if_transient)  # fmt: skip
-def find_champion(model_name: str) -> registry.Champion | None:
+@task(name="find-champion", **MLFLOW_TASK)
+def find_champion(model_name: str) -> promotion.Champion | None:
     champion = registry.get_champion(model_name)
     if champion is None:
         get_run_logger().info("%s has no champion yet", model_name)
     else:
-        get_run_logger().info("champion: %s v%s (val_loss_tuned %s, data %s)", model_name, champion.version,
-                              champion.val_loss_tuned, champion.data_version)  # fmt: skip
+        get_run_logger().info("champion: %s v%s (data %s)", model_name, champion.version, champion.data_version)
     return champion
 
 
-@task(name="validate")
-def validate(params: Params) -> dict[str, Any]:
-    """Not cached: the gate before any training, cheap, and its report is wanted every run."""
-    from tasks import validate as stage
-
-    report = stage.run(params)
-    get_run_logger().info("validate: %s dialogues passed (data %s)", report["counts"]["dialogues_checked"], report["data_version"])
-    return report["counts"]
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-@task(name="preprocess", cache_policy=DATA_STAGE_CACHE, persist_result=True)
-def preprocess(params: Params, inputs_md5: str) -> StageOutput:
-    from tasks import preprocess as stage
+@dataclass(frozen=True)
+class Evaluated:
+    """What train and evaluate left on disk for the registry steps."""
 
-    return _finish("preprocess", params, stage.run(params))
-
-
-@task(name="model", cache_policy=DATA_STAGE_CACHE, persist_result=True, retries=DOWNLOAD_RETRIES,
-      retry_delay_seconds=DOWNLOAD_RETRY_DELAY, retry_condition_fn=retry_unless_unavailable)  # fmt: skip
-def model(params: Params, inputs_md5: str) -> StageOutput:
-    from tasks import model as stage
-
-    return _finish("model", params, stage.run(params))
+    run: dict[str, Any]  # train.run_file
+    metrics: dict[str, float]  # evaluate's three metrics files, merged
 
 
-@task(name="tokenize", cache_policy=DATA_STAGE_CACHE, persist_result=True)
-def tokenize(params: Params, inputs_md5: str) -> StageOutput:
-    from tasks import tokenize as stage
-
-    return _finish("tokenize", params, stage.run(params))
-
-
-@task(name="train")
-def train(params: Params, flow_run_id: str | None) -> Any:
-    """Not retried: a crash resumes from the last finished epoch on the next run (BackupAndRestore)."""
-    from tasks import train as stage
-
-    result = stage.run(params, extra_tags={tracking.TAG_PREFECT_FLOW_RUN: flow_run_id} if flow_run_id else None)
-    last = result.epochs[-1]
-    get_run_logger().info("MLflow run %s: %d epoch(s), last val_loss %.4f, adapter %s", result.run_id, len(result.epochs),
-                          last.val_loss, result.last_adapter)  # fmt: skip
-    return result
+@task(name="read-outputs")
+def read_outputs(params: Params) -> Evaluated:
+    evaluate = params.evaluate
+    metrics = {**read_json(evaluate.metrics_file), **read_json(evaluate.generation_file)}
+    metrics.update({k: v for k, v in read_json(evaluate.safety_file).items() if isinstance(v, (int, float))})
+    return Evaluated(read_json(params.train.run_file), metrics)
 
 
-@task(name="evaluate")
-def evaluate(params: Params) -> dict[str, Any]:
-    from tasks import evaluate as stage
+def _logged_run(run_id: str) -> str:
+    """The run that holds this training's records here: the training run, or evaluate's run linked to it."""
+    from mlflow.exceptions import MlflowException
 
-    metrics = stage.run(params)
-    get_run_logger().info("evaluate: val_loss base %.4f -> tuned %.4f, chrF %.2f", metrics["val_loss_base"],
-                          metrics["val_loss_tuned"], metrics["chrf"])  # fmt: skip
-    return metrics
-
-
-@task(name="register", retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS, retry_condition_fn=retry_if_transient)
-def register(params: Params, run_id: str, adapter: Path, trained_on: Fingerprint, val_loss_tuned: float) -> str:
-    """Logs the pyfunc model into the training run and registers it; returns the new version."""
-    model_uri = registry.log_reply_model(run_id, params, adapter)
-    number = registry.register(model_uri, params.tracking.registered_model, run_id, trained_on.data_version,
-                               trained_on.params_hash, val_loss_tuned)  # fmt: skip
-    get_run_logger().info("registered %s v%s from MLflow run %s (%s)", params.tracking.registered_model, number, run_id, model_uri)
-    return number
+    store = registry.client()
+    try:
+        store.get_run(run_id)
+        return run_id
+    except MlflowException:
+        linked = store.search_runs(store.search_experiments(), f"tags.`maeum.training_run_id` = '{run_id}'",
+                                   order_by=["attributes.start_time DESC"], max_results=1)  # fmt: skip
+        if not linked:
+            raise
+        return linked[0].info.run_id
 
 
-@task(name="promote", retries=MLFLOW_RETRIES, retry_delay_seconds=MLFLOW_RETRY_DELAYS, retry_condition_fn=retry_if_transient)
-def promote(params: Params, version: str, run_id: str, val_loss_tuned: float) -> registry.Promotion:
-    decision = registry.promote(params.tracking.registered_model, version, run_id, val_loss_tuned)
-    get_run_logger().info("v%s %s: %s", version, "is the new champion" if decision.promote else "stays a challenger",
-                          decision.reason)  # fmt: skip
+def card_facts(params: Params, outputs: Evaluated, trained_on: Fingerprint, version_note: str) -> dict[str, Any]:
+    sizes_file = params.tokenize.stats_file
+    sizes = read_json(sizes_file) if Path(sizes_file).is_file() else {}
+    return {
+        "MLflow run": f"`{outputs.run['run_id']}`", "base": f"`{params.model.preset}`",
+        "data version": f"`{trained_on.data_version}`",
+        "training examples": sizes.get("train", {}).get("examples", "?"),
+        "validation examples": sizes.get("validation", {}).get("examples", "?"),
+        "LoRA": f"rank {params.train.lora_rank} on {params.train.lora_targets}",
+        "recipe": f"lr {params.train.learning_rate:g} ({params.train.lr_schedule}), {params.train.epochs} epochs, "
+                  f"batch {params.train.batch_size} x {params.train.gradient_accumulation_steps}",
+        "adapter": f"`{outputs.run['adapter']}` (best epoch {outputs.run.get('best_epoch')})",
+        "params hash": f"`{trained_on.params_hash}`", "status": version_note,
+    }  # fmt: skip
+
+
+@task(name="register", **MLFLOW_TASK)
+def register(params: Params, outputs: Evaluated, trained_on: Fingerprint) -> tuple[str, str]:
+    """Logs the pyfunc model into the training's run and registers it; returns (version, the run it is logged in)."""
+    name = params.tracking.registered_model
+    run_id = outputs.run["run_id"]
+    logged_in = _logged_run(run_id)
+    samples = _samples(params)
+    card = promotion.model_card(name, "?", card_facts(params, outputs, trained_on, "registered"), outputs.metrics, None, samples)
+    model_uri = registry.log_reply_model(logged_in, params, params.train.out_dir / outputs.run["adapter"], card)
+    tags = {tracking.TAG_DATA_VERSION: trained_on.data_version, tracking.TAG_PARAMS_HASH: trained_on.params_hash,
+            "maeum.val_bpc": repr(float(outputs.metrics["val_bpc_tuned"]))}  # fmt: skip
+    version = registry.register(model_uri, name, run_id, tags, card.replace("v?", "v", 1))
+    get_run_logger().info("registered %s v%s from MLflow run %s (%s)", name, version, run_id, model_uri)
+    return version, logged_in
+
+
+def _samples(params: Params, count: int = 5) -> list[dict[str, str]]:
+    """A few of evaluate's generated replies, for the model card."""
+    import pandas as pd
+
+    examples = pd.read_parquet(params.evaluate.examples_file, columns=["prompt", "reference", "reply_tuned"])
+    examples = examples[examples["prompt"] != ""].head(count)
+    return [{"prompt": row.prompt, "reference": row.reference, "reply": row.reply_tuned} for row in examples.itertuples()]
+
+
+@dataclass(frozen=True)
+class Rescored:
+    """The champion on the challenger's data, and what it cost."""
+
+    version: str
+    measured: promotion.Measured
+    nll: list[float]
+    seconds: float
+
+
+@task(name="rescore-champion", **MLFLOW_TASK)
+def rescore_champion(params: Params, champion: promotion.Champion) -> Rescored:
+    """Loads the champion from the registry (its base, tokenizer, adapter and screen) and scores it on this run's data."""
+    import pandas as pd
+
+    from maeum.emotion import EmotionClassifier
+    from maeum.safety import evaluation
+    from maeum.scorecard import score_model
+
+    started = time.perf_counter()
+    name = params.tracking.registered_model
+    loaded = registry.load_version(name, champion.version)
+    examples = pd.read_parquet(params.preprocess.split_path("validation"))
+    card = score_model(loaded.model, examples, params.train.sequence_length, None, params.evaluate.num_generations,
+                       params.evaluate.max_new_tokens, EmotionClassifier.load(params.emotion.model_dir),
+                       f"champion v{champion.version}")  # fmt: skip
+    safety, _ = evaluation.screen_report(loaded.screen, evaluation.read_examples(params.safety.heldout_file),
+                               evaluation.read_examples(params.safety.replies_heldout_file, evaluation.REPLY_LABELS))  # fmt: skip
+    seconds = time.perf_counter() - started
+    get_run_logger().info("champion v%s re-scored on this data in %.1f s: val_bpc %.4f", champion.version, seconds,
+                          card.metrics["val_bpc"])  # fmt: skip
+    return Rescored(champion.version, promotion.Measured(card.metrics["val_bpc"], card.metrics, safety, champion.data_version),
+                    card.scores.nll.tolist(), seconds)  # fmt: skip
+
+
+@task(name="decide")
+def decide(params: Params, outputs: Evaluated, rescored: Rescored | None) -> promotion.Promotion:
+    """The promotion rule (`maeum.promotion.decide_promotion`) on the challenger, its base and the re-scored champion."""
+    import numpy as np
+    import pandas as pd
+
+    from maeum.scorecard import paired_bootstrap
+
+    metrics = outputs.metrics
+    generation = {key[: -len("_tuned")]: value for key, value in metrics.items() if key.endswith("_tuned")}
+    safety = {key: value for key, value in metrics.items() if key.startswith("safety_")}
+    challenger = promotion.Measured(metrics["val_bpc_tuned"], generation, safety, outputs.run.get("data_version"))
+    bootstrap = None
+    if rescored is not None:
+        examples = pd.read_parquet(params.evaluate.examples_file)
+        bootstrap = paired_bootstrap(examples["nll_tuned"].to_numpy(), np.asarray(rescored.nll), examples["characters"].to_numpy(),
+                                     examples["talk_id"].astype(str).to_numpy(), params.promotion.bootstrap_samples,
+                                     params.promotion.seed)  # fmt: skip
+    evidence = promotion.Evidence(challenger, metrics["val_bpc_base"], rescored.measured if rescored else None,
+                                  rescored.version if rescored else None, bootstrap)  # fmt: skip
+    decision = promotion.decide_promotion(evidence, params.promotion)
+    get_run_logger().info("%s: %s", "promote" if decision.promote else "keep the champion", decision.reason)
     return decision
+
+
+@task(name="promote", **MLFLOW_TASK)
+def apply_decision(params: Params, outputs: Evaluated, trained_on: Fingerprint, version: str, logged_in: str,
+                   decision: promotion.Promotion, rescored: Rescored | None, flow_run: str | None) -> str:  # fmt: skip
+    """Moves `champion` (auto mode) or `challenger` (manual mode) and records the decision everywhere; returns the outcome."""
+    name = params.tracking.registered_model
+    store = registry.client()
+    by = f"train-lora flow run {flow_run}" if flow_run else "train-lora flow"
+    if not decision.promote:
+        outcome = "kept"
+    elif params.promotion.mode == "auto":
+        registry.promote_version(name, version, by=by, reason=decision.reason)
+        outcome = "promoted"
+    else:
+        registry.move_alias(name, registry.CHALLENGER_ALIAS, version, by, decision.reason, action="nominate")
+        outcome = "challenger"
+    store.set_model_version_tag(name, version, registry.TAG_PROMOTED, str(outcome == "promoted").lower())
+    store.set_tag(logged_in, registry.TAG_PROMOTION, outcome)
+    store.set_tag(logged_in, registry.TAG_PROMOTION_REASON, decision.reason[:5000])
+    store.log_metric(logged_in, registry.METRIC_PROMOTED, float(outcome == "promoted"))
+    store.log_dict(logged_in, decision.as_dict(), "promotion/decision.json")
+    if rescored is not None:
+        store.log_metric(logged_in, registry.METRIC_CHAMPION_BPC, rescored.measured.val_bpc)
+        store.log_metric(logged_in, "champion_rescore_seconds", rescored.seconds)
+        store.set_tag(logged_in, "maeum.champion_data_version", rescored.measured.data_version or "")
+    card = promotion.model_card(name, version, card_facts(params, outputs, trained_on, outcome), outputs.metrics, decision,
+                                _samples(params))  # fmt: skip
+    registry.update_card(name, version, card)
+    store.log_text(logged_in, card, f"{registry.MODEL_NAME_IN_RUN}_card/{registry.CARD_ARTIFACT}")  # the card as decided
+    get_run_logger().info("%s v%s: %s (%s)", name, version, outcome, decision.reason)
+    return outcome
 
 
 @task(name="report")
@@ -269,22 +331,25 @@ def _number(value: Any) -> str:
 
 
 def summary_markdown(outcome: dict[str, Any]) -> str:
-    """Markdown for the artifact: status, MLflow run, metrics and the promotion decision."""
-    lines = [f"# train-lora: {outcome['status']}", "", f"**{outcome['reason']}**", "",
-             "| run | |", "|---|---|"]  # fmt: skip
-    for label, key in (("MLflow run", "run_id"), ("registered version", "model_version"), ("promoted", "promoted"),
-                       ("champion", "champion_version"), ("data version", "data_version"), ("params hash", "params_hash"),
+    """Markdown for the artifact: status, stages, MLflow run, the promotion decision and its checks, metrics."""
+    lines = [f"# train-lora: {outcome['status']}", "", f"**{outcome['reason']}**", "", "| run | |", "|---|---|"]
+    for label, key in (("MLflow run", "run_id"), ("registered version", "model_version"), ("outcome", "promotion_outcome"),
+                       ("champion", "champion_version"), ("data version", "data_version"),
+                       ("champion's data version", "champion_data_version"), ("params hash", "params_hash"),
                        ("tracking URI", "tracking_uri")):  # fmt: skip
         if outcome.get(key) is not None:
             value = outcome[key]
             lines.append(f"| {label} | `{value}` |" if isinstance(value, str) else f"| {label} | {value} |")
+    if outcome.get("stages"):
+        lines += ["", "## Stages (dvc.yaml)", "", "| stage | ran |", "|---|---|"]
+        lines += [f"| {s['stage']} | {'yes, ' + str(s.get('seconds')) + ' s' if s['ran'] else 'up to date'} |" for s in outcome["stages"]]
     if outcome.get("promotion"):
-        promotion = outcome["promotion"]
-        before = f"v{promotion['champion_version']}" if promotion["champion_version"] else "none"
-        lines += ["", "## Promotion", "", "| | val_loss_tuned |", "|---|---|",
-                  f"| this run | {_number(promotion['challenger_loss'])} |",
-                  f"| champion before ({before}) | {_number(promotion['champion_loss'])} |",
-                  "", promotion["reason"]]  # fmt: skip
+        decision = outcome["promotion"]
+        lines += ["", "## Promotion", "", "| | val_bpc (this run's validation data) |", "|---|---|",
+                  f"| challenger | {_number(decision['challenger_bpc'])} |",
+                  f"| champion {('v' + decision['champion_version']) if decision['champion_version'] else '(none)'}, re-scored | "
+                  f"{_number(decision['champion_bpc'])} |", "", decision["reason"], ""]  # fmt: skip
+        lines += [f"- {'✓' if c['passed'] else '✗'} **{c['name']}**: {c['detail']}" for c in decision["checks"]]
     if outcome.get("metrics"):
         lines += ["", "## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {_number(value)} |" for name, value in outcome["metrics"].items()]

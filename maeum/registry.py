@@ -1,24 +1,30 @@
-"""The MLflow model registry: one servable model per training run, and the `champion` alias.
+"""The MLflow model registry: one servable model per training run, aliases with a history, model cards.
 
-Every finished train+evaluate logs a pyfunc model into the *training's* MLflow run (base
-preset reference or the tiny preset itself, its tokenizer, the last `.lora.h5`) and registers
-it as a new version of `tracking.registered_model`. The alias `champion` moves to the new
-version only when its `val_loss_tuned` is lower than the current champion's; the first version
-becomes champion. Aliases, not the deprecated stages:
+Every finished train + evaluate logs a pyfunc model into the training's MLflow run (the base: the
+tiny preset itself or a pointer to the real one; its tokenizer; the training's `.lora.h5`; the
+crisis screen it was evaluated with; a model card) and registers it as a new version of
+`tracking.registered_model`. Aliases, not the deprecated stages:
+
+    champion     the version chat and serve use by default
+    challenger   (promotion.mode: manual) a version that passed every check, waiting for a person
 
     mlflow.pyfunc.load_model("models:/maeum-lora@champion").predict(pd.DataFrame({"message": ["요즘 잠을 못 자요."]}))
 
-The two decisions the `train-lora` flow makes (skip a run that would change nothing, promote a
-better model) are pure functions here, tested without MLflow.
+MLflow keeps no history of aliases, so every move is recorded as a tag on the registered model
+(`maeum.alias_event.<n>`: alias, version, the version before, who, when, why); `alias_history`
+reads them back and `rollback` returns `champion` to the version that held it before. The
+decisions themselves are pure functions in `maeum.promotion`.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import math
 import shutil
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,105 +36,38 @@ import pandas as pd
 
 from maeum import gemma, tracking
 from maeum.config import Params
+from maeum.promotion import Champion
 
 log = logging.getLogger(__name__)
 
 CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
 MODEL_NAME_IN_RUN = "model"  # the logged model's name inside the training run
 BASE_ARTIFACT = "base"  # the model stage's base_dir: base.json (+ the tiny preset folder)
-ADAPTER_ARTIFACT = "adapter"  # the last epoch's .lora.h5
-SAFETY_RULES_ARTIFACT = "safety_rules"  # the crisis screen's rules, as evaluated in this run
-CONFIG_ARTIFACT = "config"  # serving.json: rank, history window, budgets (model_config would also become run params)
+ADAPTER_ARTIFACT = "adapter"  # the training's output .lora.h5
+SAFETY_ARTIFACT = "safety"  # the crisis screen the version was evaluated with: rules, lexicon, responses, classifier
+CONFIG_ARTIFACT = "config"  # serving.json: history window, budgets (model_config would also become run params)
+CARD_ARTIFACT = "model_card.md"
+SAFETY_FILES = {"rules": "rules.yaml", "lexicon": "lexicon.yaml", "responses": "responses.yaml"}
+SAFETY_CLASSIFIER_DIR = "classifier"
 
-TAG_VAL_LOSS = "maeum.val_loss_tuned"  # on model versions: what promotion compares
 TAG_RUN_ID = "maeum.run_id"
 TAG_PROMOTED = "maeum.promoted"
-TAG_PROMOTION = "maeum.promotion"  # on the run: promoted | kept, and why
+TAG_PROMOTION = "maeum.promotion"  # on the run: promoted | challenger | kept
 TAG_PROMOTION_REASON = "maeum.promotion_reason"
-METRIC_CHAMPION_LOSS = "champion_val_loss_tuned"  # on the run: the loss it was compared with
+TAG_ALIAS_EVENT = "maeum.alias_event."  # + sequence number, on the registered model
+METRIC_CHAMPION_BPC = "champion_val_bpc"  # on the run: the champion re-scored on this run's data
 METRIC_PROMOTED = "promoted"
 
 # MLflow error codes that say "try again later" (sqlite busy, server unreachable or overloaded).
 TRANSIENT_MLFLOW_ERRORS = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED"}
-SERVING_PACKAGES = ("keras", "keras-hub", "tensorflow-cpu", "tensorflow-text", "sentencepiece", "numpy", "pandas")
+MISSING = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+SERVING_PACKAGES = ("keras", "keras-hub", "tensorflow-cpu", "tensorflow-text", "sentencepiece", "numpy", "pandas",
+                    "scikit-learn", "kiwipiepy", "kiwipiepy-model", "pyyaml")  # fmt: skip
 
 
-# === Decisions (pure) ===
-
-
-@dataclass(frozen=True)
-class Champion:
-    """The registered version the `champion` alias points at, with what it was trained on."""
-
-    version: str
-    run_id: str | None
-    data_version: str | None
-    params_hash: str | None
-    val_loss_tuned: float | None
-
-
-@dataclass(frozen=True)
-class SkipDecision:
-    skip: bool
-    reason: str
-
-
-def decide_skip(champion: Champion | None, data_version: str, params_hash: str, force: bool) -> SkipDecision:
-    """Whether a training run would only reproduce the champion.
-
-    Args:
-        champion: the current champion, or None when there is none yet.
-        data_version: MD5 of the raw corpus this run would train on.
-        params_hash: `tracking.params_hash` of this run's parameters.
-        force: train even when nothing changed.
-
-    Returns:
-        skip=True only when the champion was trained on the same data and parameters and force is off.
-    """
-    if force:
-        return SkipDecision(False, "forced")
-    if champion is None:
-        return SkipDecision(False, "no champion yet")
-    changed = [name for name, ours, theirs in (("data", data_version, champion.data_version),
-                                               ("params", params_hash, champion.params_hash)) if ours != theirs]  # fmt: skip
-    if changed:
-        return SkipDecision(False, f"{' and '.join(changed)} changed since champion v{champion.version}")
-    return SkipDecision(True, "nothing changed")
-
-
-@dataclass(frozen=True)
-class Promotion:
-    promote: bool
-    reason: str
-    challenger_loss: float | None
-    champion_loss: float | None
-    champion_version: str | None
-
-
-def decide_promotion(challenger_loss: float | None, champion: Champion | None) -> Promotion:
-    """Whether a newly registered version should become champion: strictly lower val_loss_tuned wins.
-
-    Args:
-        challenger_loss: the new version's validation loss (None or NaN: evaluation failed).
-        champion: the current champion, or None.
-
-    Returns:
-        The decision with both numbers, for logs and tags.
-    """
-    champion_loss = champion.val_loss_tuned if champion else None
-    champion_version = champion.version if champion else None
-    if challenger_loss is None or not math.isfinite(challenger_loss):
-        return Promotion(False, "challenger has no valid val_loss_tuned", challenger_loss, champion_loss, champion_version)
-    if champion is None:
-        return Promotion(True, "first model: no champion yet", challenger_loss, None, None)
-    if champion_loss is None or not math.isfinite(champion_loss):
-        return Promotion(True, f"champion v{champion_version} has no valid val_loss_tuned", challenger_loss, champion_loss,
-                         champion_version)  # fmt: skip
-    if challenger_loss < champion_loss:
-        return Promotion(True, f"val_loss_tuned {challenger_loss:.4f} < champion v{champion_version}'s {champion_loss:.4f}",
-                         challenger_loss, champion_loss, champion_version)  # fmt: skip
-    return Promotion(False, f"val_loss_tuned {challenger_loss:.4f} >= champion v{champion_version}'s {champion_loss:.4f}",
-                     challenger_loss, champion_loss, champion_version)  # fmt: skip
+class RegistryError(RuntimeError):
+    """A registry operation cannot be done (unknown version, nothing to roll back to); the message says why."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -139,6 +78,12 @@ def is_transient(error: BaseException) -> bool:
         return error.error_code in TRANSIENT_MLFLOW_ERRORS
     return isinstance(error, (ConnectionError, TimeoutError)) or type(error).__name__ in {"ConnectionError", "Timeout",
                                                                                           "OperationalError"}  # fmt: skip
+
+
+def client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking.tracking_uri())
 
 
 # === The servable model ===
@@ -153,12 +98,21 @@ def _history(value: Any) -> list[tuple[str, str]]:
     return [(t["role"], t["content"]) if isinstance(t, dict) else (t[0], t[1]) for t in value]
 
 
+def bundled_screen(folder: Path, context_turns: int) -> Any:
+    """The crisis screen shipped in a version's `safety` artifact."""
+    from maeum.safety import Screen
+
+    folder = Path(folder)
+    return Screen.from_files(folder / SAFETY_FILES["rules"], folder / SAFETY_FILES["lexicon"], folder / SAFETY_CLASSIFIER_DIR,
+                             folder / SAFETY_FILES["responses"], context_turns)  # fmt: skip
+
+
 class ReplyModel(mlflow.pyfunc.PythonModel):
     """Base + LoRA adapter answering user messages exactly as `maeum chat` does (greedy).
 
     Each row is one chat turn through `maeum.chat.ChatSession`: the same prompt building and
-    truncation as training, and the same crisis screening (a crisis message gets the crisis
-    response, the model is not called).
+    truncation as training, and the same crisis screen, shipped with the model (a crisis or
+    check-in message gets the reviewed response; the model is not called).
 
     Input: a DataFrame with a `message` column and an optional `history` column (JSON list of
     `[role, text]` pairs or `{"role", "content"}` objects, role `user` or `model`).
@@ -166,29 +120,24 @@ class ReplyModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context):
-        from tasks import safety
-
         config = json.loads(Path(context.artifacts[CONFIG_ARTIFACT]).read_text(encoding="utf-8"))
-        self.max_history_turns = int(config["max_history_turns"])
-        self.max_prompt_tokens = int(config["max_prompt_tokens"])
-        self.rules = safety.load_rules(Path(context.artifacts[SAFETY_RULES_ARTIFACT]))
+        self.config = config
+        self.screen = bundled_screen(Path(context.artifacts[SAFETY_ARTIFACT]), int(config["context_turns"]))
         self.base = gemma.load_base(Path(context.artifacts[BASE_ARTIFACT]))
-        self.base.causal_lm.backbone.enable_lora(rank=int(config["lora_rank"]))
-        self.base.causal_lm.backbone.load_lora_weights(context.artifacts[ADAPTER_ARTIFACT])
-        self.generator = gemma.ReplyGenerator(self.base, prompt_budget=self.max_prompt_tokens,
+        gemma.load_lora(self.base.causal_lm, Path(context.artifacts[ADAPTER_ARTIFACT]))
+        self.generator = gemma.ReplyGenerator(self.base, prompt_budget=int(config["max_prompt_tokens"]),
                                               max_new_tokens=int(config["max_new_tokens"]))  # fmt: skip
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
+    def session(self, history: list[tuple[str, str]] | None = None) -> Any:
         from maeum.chat import ChatSession
 
+        return ChatSession(self.generator, self.base.tokenizer, int(self.config["max_history_turns"]),
+                           int(self.config["max_prompt_tokens"]), self.screen, list(history or []))  # fmt: skip
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
         frame = pd.DataFrame(model_input)
         histories = frame["history"] if "history" in frame else [None] * len(frame)
-        replies = []
-        for message, history in zip(frame["message"], histories):
-            session = ChatSession(self.generator, self.base.tokenizer, self.max_history_turns, self.max_prompt_tokens,
-                                   rules=self.rules, history=_history(history))  # fmt: skip
-            replies.append(session.respond(str(message)).reply)
-        return replies
+        return [self.session(_history(history)).respond(str(message)).reply for message, history in zip(frame["message"], histories)]
 
 
 def _signature() -> Any:
@@ -222,23 +171,34 @@ def _base_artifact(base_dir: Path, staging: Path) -> Path:
     return staging
 
 
-def log_reply_model(run_id: str, params: Params, adapter: Path) -> str:
-    """Logs the pyfunc model into the training's MLflow run; returns its model URI.
+def _safety_artifact(params: Params, staging: Path) -> Path:
+    """The crisis screen of `params.safety` as one folder: what the version was evaluated with."""
+    safety = params.safety
+    staging.mkdir(parents=True, exist_ok=True)
+    for source, name in ((safety.rules_file, SAFETY_FILES["rules"]), (safety.lexicon_file, SAFETY_FILES["lexicon"]),
+                         (safety.responses_file, SAFETY_FILES["responses"])):  # fmt: skip
+        shutil.copy2(source, staging / name)
+    shutil.copytree(safety.model_dir, staging / SAFETY_CLASSIFIER_DIR)
+    return staging
+
+
+def log_reply_model(run_id: str, params: Params, adapter: Path, card: str) -> str:
+    """Logs the pyfunc model (and its card) into a run; returns its model URI.
 
     Args:
-        run_id: the run the train stage created.
-        params: the run's parameters (base_dir, LoRA rank, prompt window and budget).
-        adapter: the `.lora.h5` file to serve (the last epoch's).
+        run_id: the training run, or the evaluation run linked to it.
+        params: the run's parameters (base_dir, safety, prompt window and budget).
+        adapter: the `.lora.h5` file to serve (the training's output).
+        card: the model card markdown.
     """
     import maeum
-    import tasks
     from maeum import chat
 
     config = {
-        "lora_rank": params.train.lora_rank,
         "max_history_turns": params.preprocess.max_history_turns,
         "max_prompt_tokens": chat.prompt_budget(params),
-        "max_new_tokens": params.evaluate.max_new_tokens,
+        "max_new_tokens": params.chat.max_new_tokens,
+        "context_turns": params.safety.context_turns,
         "preset": params.model.preset,
     }
     tracking.setup(params.tracking.experiment)
@@ -251,76 +211,193 @@ def log_reply_model(run_id: str, params: Params, adapter: Path) -> str:
             CONFIG_ARTIFACT: str(config_file),
             BASE_ARTIFACT: str(_base_artifact(params.model.base_dir, Path(staging) / "base")),
             ADAPTER_ARTIFACT: str(adapter),
-            SAFETY_RULES_ARTIFACT: str(params.evaluate.safety_rules),
+            SAFETY_ARTIFACT: str(_safety_artifact(params, Path(staging) / "safety")),
         }
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN,
             python_model=ReplyModel(),
             artifacts=artifacts,
             signature=_signature(),
-            # The project's code travels with the model, so it loads without the project installed.
-            code_paths=[str(Path(maeum.__file__).parent), str(Path(tasks.__file__).parent)],
+            # The library travels with the model, so it loads without the project installed.
+            code_paths=[str(Path(maeum.__file__).parent)],
             pip_requirements=_pip_requirements(),  # explicit: inference would load Keras in a subprocess
         )  # fmt: skip
+        mlflow.log_text(card, f"{MODEL_NAME_IN_RUN}_card/{CARD_ARTIFACT}")
     return info.model_uri
 
 
-# === Registry ===
+@dataclass
+class LoadedVersion:
+    """A registered version ready to answer and to be scored: its own base, tokenizer, adapter and screen."""
+
+    name: str
+    version: str
+    run_id: str | None
+    model: gemma.LoadedBase
+    screen: Any
+    reply_model: ReplyModel
+
+    @property
+    def description(self) -> str:
+        return f"{self.name} v{self.version} (MLflow run {self.run_id})"
+
+
+def load_version(name: str, reference: str) -> LoadedVersion:
+    """Loads `models:/<name>/<version>` or `models:/<name>@<alias>` with everything it shipped.
+
+    Raises:
+        RegistryError: the version or alias does not exist in this store.
+    """
+    from mlflow.exceptions import MlflowException
+
+    store = client()
+    try:
+        version = store.get_model_version_by_alias(name, reference[1:]) if reference.startswith("@") else \
+            store.get_model_version(name, reference)  # fmt: skip
+    except MlflowException as error:
+        raise RegistryError(f"models:/{name}{'' if reference.startswith('@') else '/'}{reference} is not in the registry "
+                            f"at {tracking.tracking_uri()} ({error.message})") from None  # fmt: skip
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version.version}")
+    reply_model = loaded.unwrap_python_model()
+    return LoadedVersion(name, str(version.version), version.run_id, reply_model.base, reply_model.screen, reply_model)
+
+
+# === Versions ===
+
+
+def get_alias(name: str, alias: str) -> Any | None:
+    """The model version holding `alias`, or None when the model or the alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code in MISSING:
+            return None
+        raise
 
 
 def get_champion(name: str) -> Champion | None:
     """The version `name@champion`, or None when the model or the alias does not exist yet."""
-    from mlflow import MlflowClient
+    version = get_alias(name, CHAMPION_ALIAS)
+    if version is None:
+        return None
+    tags = version.tags or {}
+    return Champion(version=str(version.version), run_id=tags.get(TAG_RUN_ID, version.run_id),
+                    data_version=tags.get(tracking.TAG_DATA_VERSION), params_hash=tags.get(tracking.TAG_PARAMS_HASH))  # fmt: skip
+
+
+def version_of_run(name: str, run_id: str) -> str | None:
+    """The version already registered from this training run, if any (a rerun must not register it twice)."""
     from mlflow.exceptions import MlflowException
 
     try:
-        version = MlflowClient(tracking.tracking_uri()).get_model_version_by_alias(name, CHAMPION_ALIAS)
-    except MlflowException as error:
-        if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-            return None
-        raise
-    tags = version.tags or {}
-    loss = tags.get(TAG_VAL_LOSS)
-    return Champion(
-        version=str(version.version),
-        run_id=tags.get(TAG_RUN_ID, version.run_id),
-        data_version=tags.get(tracking.TAG_DATA_VERSION),
-        params_hash=tags.get(tracking.TAG_PARAMS_HASH),
-        val_loss_tuned=float(loss) if loss is not None else None,
-    )
+        versions = client().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if (version.tags or {}).get(TAG_RUN_ID) == run_id:
+            return str(version.version)
+    return None
 
 
-def register(model_uri: str, name: str, run_id: str, data_version: str, params_hash: str, val_loss_tuned: float) -> str:
-    """Registers a logged model as a new version of `name`, tagged with what it was trained on; returns the version."""
-    from mlflow import MlflowClient
-
+def register(model_uri: str, name: str, run_id: str, tags: dict[str, str], card: str) -> str:
+    """Registers a logged model as a new version of `name` with its tags and card; returns the version."""
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    tags = {tracking.TAG_DATA_VERSION: data_version, tracking.TAG_PARAMS_HASH: params_hash,
-            TAG_VAL_LOSS: repr(float(val_loss_tuned)), TAG_RUN_ID: run_id}  # fmt: skip
+    tags = {**tags, TAG_RUN_ID: run_id}
     version = mlflow.register_model(model_uri, name, tags=tags)
-    client = MlflowClient(tracking.tracking_uri())
+    store = client()
     for key, value in tags.items():  # register_model's tags are not set on every store; set them for sure
-        client.set_model_version_tag(name, version.version, key, value)
+        store.set_model_version_tag(name, version.version, key, value)
+    store.update_model_version(name, version.version, description=card)
     return str(version.version)
 
 
-def promote(name: str, version: str, run_id: str, val_loss_tuned: float | None) -> Promotion:
-    """Moves `champion` to `version` if it beats the current champion; records the decision either way.
+def update_card(name: str, version: str, card: str) -> None:
+    client().update_model_version(name, version, description=card)
 
-    The champion is read here, not at flow start, so a run that finished in between is compared too.
+
+def add_reviewers_to_card(name: str, version: str, feedback: Any) -> None:
+    """Puts reviewers' ratings (`maeum.feedback.VersionFeedback`) into the version's model card."""
+    from maeum.promotion import with_reviewers
+
+    current = client().get_model_version(name, version).description or ""
+    update_card(name, version, with_reviewers(current, feedback))
+
+
+# === Aliases and their history ===
+
+
+def alias_history(name: str) -> list[dict[str, Any]]:
+    """Every recorded alias move of `name`, oldest first."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client().get_registered_model(name).tags or {}
+    except MlflowException as error:
+        if error.error_code in MISSING:
+            return []
+        raise
+    events = [json.loads(value) for key, value in tags.items() if key.startswith(TAG_ALIAS_EVENT)]
+    return sorted(events, key=lambda event: event["seq"])
+
+
+def move_alias(name: str, alias: str, version: str, by: str, reason: str, action: str = "promote") -> dict[str, Any]:
+    """Points `alias` at `version` and records who did it, when and why."""
+    store = client()
+    previous = get_alias(name, alias)
+    store.set_registered_model_alias(name, alias, version)
+    history = alias_history(name)
+    event = {"seq": (history[-1]["seq"] + 1) if history else 1, "alias": alias, "version": str(version),
+             "previous": str(previous.version) if previous else None, "action": action, "by": by,
+             "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reason": reason[:1000]}  # fmt: skip
+    store.set_registered_model_tag(name, f"{TAG_ALIAS_EVENT}{event['seq']:06d}", json.dumps(event, ensure_ascii=False))
+    if alias == CHAMPION_ALIAS:
+        store.set_model_version_tag(name, version, TAG_PROMOTED, "true")
+    log.info("%s@%s: v%s -> v%s (%s by %s: %s)", name, alias, event["previous"], version, action, by, reason)
+    return event
+
+
+def champion_stack(history: list[dict[str, Any]]) -> list[str]:
+    """The champions in the order they took over, with rolled-back ones removed: the last is the current one."""
+    stack: list[str] = []
+    for event in history:
+        if event["alias"] != CHAMPION_ALIAS:
+            continue
+        if event["action"] == "rollback":
+            while stack and stack[-1] != event["version"]:
+                stack.pop()
+        elif not stack or stack[-1] != event["version"]:
+            stack.append(event["version"])
+    return stack
+
+
+def promote_version(name: str, version: str, by: str | None = None, reason: str = "promoted by hand") -> dict[str, Any]:
+    """Makes `version` the champion (a person's decision in manual mode, or the flow's in auto mode).
+
+    Raises:
+        RegistryError: no such version.
     """
-    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking.tracking_uri())
-    decision = decide_promotion(val_loss_tuned, get_champion(name))
-    if decision.promote:
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-    client.set_model_version_tag(name, version, TAG_PROMOTED, str(decision.promote).lower())
-    client.set_tag(run_id, TAG_PROMOTION, "promoted" if decision.promote else "kept")
-    client.set_tag(run_id, TAG_PROMOTION_REASON, decision.reason)
-    client.log_metric(run_id, METRIC_PROMOTED, float(decision.promote))
-    if decision.champion_loss is not None:
-        client.log_metric(run_id, METRIC_CHAMPION_LOSS, decision.champion_loss)
-    log.info("model %s v%s: %s (%s)", name, version, "promoted to champion" if decision.promote else "not promoted",
-             decision.reason)  # fmt: skip
-    return decision
+    try:
+        client().get_model_version(name, version)
+    except MlflowException:
+        raise RegistryError(f"{name} has no version {version} in {tracking.tracking_uri()}") from None
+    event = move_alias(name, CHAMPION_ALIAS, version, by or getpass.getuser(), reason)
+    challenger = get_alias(name, CHALLENGER_ALIAS)
+    if challenger is not None and str(challenger.version) == str(version):
+        client().delete_registered_model_alias(name, CHALLENGER_ALIAS)
+    return event
+
+
+def rollback(name: str, by: str | None = None) -> dict[str, Any]:
+    """Returns `champion` to the version that held it before the current one.
+
+    Raises:
+        RegistryError: there is no earlier champion to return to.
+    """
+    stack = champion_stack(alias_history(name))
+    if len(stack) < 2:
+        raise RegistryError(f"{name} has no earlier champion to roll back to (champions so far: {stack or 'none'})")
+    return move_alias(name, CHAMPION_ALIAS, stack[-2], by or getpass.getuser(), f"rollback from v{stack[-1]}", action="rollback")

@@ -1,26 +1,30 @@
-"""The train-lora flow, run for real: train, skip, force, promote or not, fail on bad data.
+"""The train-lora flow, run for real through DVC: train, skip, rerun what dvc.yaml says, compare on the same data.
 
-The runs build on each other (one MLflow registry), so each is a session fixture that
-depends on the one before it; the tests only look at the results.
+The runs build on each other (one git + DVC clone, one MLflow registry), so each is a session
+fixture that depends on the one before it; the tests look at the results.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 from flows import stages
-from flows.train_lora import TIMEZONE, WEEKLY_CRON, overrides, train_lora
+from flows.train_lora import TIMEZONE, WEEKLY_CRON, train_lora
 from maeum import registry
 from maeum.config import load_params
 from tests.conftest import REPO
-from tests.flows.conftest import working_in, write_params
+from tests.flows.conftest import commit, set_params, working_in
 
 MODEL_NAME = "maeum-lora"
+MAEUM = Path(sys.executable).parent / "maeum"
 
 
 # === Helpers: what the Prefect server and the MLflow store recorded ===
@@ -33,7 +37,7 @@ def run_flow(project: Path, **parameters):
 
 
 def task_states(state) -> dict[str, list[str]]:
-    """Task name -> state names of its runs in this flow run ("Completed", "Cached", "Failed")."""
+    """Task run name -> state names in this flow run ("Completed", "Failed"); stage tasks are named after their stage."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -41,8 +45,13 @@ def task_states(state) -> dict[str, list[str]]:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     names: dict[str, list[str]] = {}
     for run in sorted(runs, key=lambda r: r.expected_start_time):
-        names.setdefault(run.name.rsplit("-", 1)[0], []).append(run.state.name)  # "find-champion-3f2" -> "find-champion"
+        name = run.name if run.task_key.startswith("run_stage") or "-" not in run.name else run.name.rsplit("-", 1)[0]
+        names.setdefault(name, []).append(run.state.name)
     return names
+
+
+def ran_stages(outcome: dict) -> set[str]:
+    return {s["stage"] for s in outcome.get("stages", []) if s["ran"]}
 
 
 def summary_artifact(state) -> str:
@@ -57,17 +66,16 @@ def summary_artifact(state) -> str:
     return artifacts[0].data
 
 
-def mlflow_client():
-    from mlflow import MlflowClient
-
-    from maeum import tracking
-
-    return MlflowClient(tracking.tracking_uri())
-
-
 def champion_version() -> str | None:
     champion = registry.get_champion(MODEL_NAME)
     return champion.version if champion else None
+
+
+def maeum(project: Path, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    return subprocess.run([str(MAEUM), *args], cwd=project, env=env, capture_output=True, text=True, timeout=300)
 
 
 # === The runs, in order ===
@@ -84,65 +92,82 @@ def unchanged_run(first_run, flow_env):
 
 
 @pytest.fixture(scope="session")
-def forced_run(unchanged_run, flow_env):
+def new_dependency_run(unchanged_run, flow_env):
+    """A file added to the tokenize stage's deps in dvc.yaml, and nothing else: forced, so the flow looks at DVC."""
+    (flow_env / "notes").mkdir()
+    (flow_env / "notes" / "tokenize.txt").write_text("a reviewed note the tokenize stage now depends on\n")
+    dvc = yaml.safe_load((flow_env / "dvc.yaml").read_text())
+    dvc["stages"]["tokenize"]["deps"].append("notes/tokenize.txt")
+    (flow_env / "dvc.yaml").write_text(yaml.safe_dump(dvc, allow_unicode=True, sort_keys=False))
+    commit(flow_env, "tokenize depends on a note")
     return run_flow(flow_env, force=True)
 
 
 @pytest.fixture(scope="session")
-def worse_run(forced_run, flow_env):
-    """A challenger that barely trains (learning rate 1e-6), after its tokenized data were deleted."""
-    params_file = write_params(flow_env / "params-worse.yaml", flow_env / "params.yaml", {"train.learning_rate": 1.0e-6})
-    shutil.rmtree(flow_env / load_params(params_file).tokenize.out_dir)
-    return run_flow(flow_env, params_file=params_file.name)
-
-
-@pytest.fixture(scope="session")
-def better_run(worse_run, flow_env):
-    """A challenger that trains twice as long as the champion."""
-    return run_flow(flow_env, epochs=2)
-
-
-@pytest.fixture(scope="session")
-def broken_data_run(better_run, flow_env):
-    broken = flow_env / "broken"
-    shutil.copytree(flow_env / "corpus", broken)
-    text = (broken / "Training.json").read_text(encoding="utf-8")
-    (broken / "Training.json").write_text(text[: len(text) // 2], encoding="utf-8")  # cut mid-record
+def harder_validation_run(new_dependency_run, flow_env):
+    """The same training file; a validation file of other, longer dialogues: a harder split for every model."""
+    sample = json.loads((REPO / "data" / "sample" / "Validation.json").read_text(encoding="utf-8"))
+    longest = sorted(sample, key=lambda r: -sum(len(v) for v in r["talk"]["content"].values()))[:12]
+    (flow_env / "corpus" / "Validation.json").write_text(json.dumps(longest, ensure_ascii=False), encoding="utf-8")
+    commit(flow_env, "a harder validation split")
     with working_in(flow_env):
-        runs_before = len(mlflow_client().search_runs([mlflow_client().get_experiment_by_name("maeum-lora").experiment_id]))
+        stored_champion = registry.client().get_model_version(MODEL_NAME, champion_version())
+    return (*run_flow(flow_env), float(stored_champion.tags["maeum.val_bpc"]), stored_champion.version)
+
+
+@pytest.fixture(scope="session")
+def manual_run(harder_validation_run, flow_env):
+    """promotion.mode: manual, a longer training: a passing model waits as challenger."""
+    set_params(flow_env / "params.yaml", {"promotion.mode": "manual", "train.tiny": {"epochs": 3, "learning_rate": 3.0e-3,
+                                                                                     "lora_rank": 4}})  # fmt: skip
+    commit(flow_env, "manual promotion, longer training")
+    with working_in(flow_env):
+        before = champion_version()
+    return (*run_flow(flow_env), before)
+
+
+@pytest.fixture(scope="session")
+def broken_data_run(manual_run, flow_env):
+    text = (flow_env / "corpus" / "Training.json").read_text(encoding="utf-8")
+    (flow_env / "corpus" / "Training.json").write_text(text[: len(text) // 2], encoding="utf-8")  # cut mid-record
+    with working_in(flow_env):
+        store = registry.client()
+        runs_before = len(store.search_runs([store.get_experiment_by_name("maeum-lora").experiment_id]))
         champion_before = champion_version()
-    state, outcome = run_flow(flow_env, data_dir="broken")
+    state, outcome = run_flow(flow_env)
+    (flow_env / "corpus" / "Training.json").write_text(text, encoding="utf-8")
     return state, outcome, runs_before, champion_before
 
 
 # === Flow behaviour ===
 
 
-def test_first_run_trains_registers_and_becomes_champion(first_run, in_project):
+def test_first_run_runs_every_dvc_stage_registers_and_becomes_champion(first_run, in_project):
     state, outcome = first_run
     assert state.is_completed(), outcome
     assert outcome["status"] == "trained" and outcome["model_version"] == "1" and outcome["promoted"] is True
     assert champion_version() == "1"
-    states = task_states(state)
-    for name in ("validate", "preprocess", "model", "tokenize", "train", "evaluate", "register", "promote"):
-        assert states[name] == ["Completed"], (name, states)
+    with working_in(in_project):
+        graph = stages.pipeline_stages()
+    assert set(graph) == set(yaml.safe_load((in_project / "dvc.yaml").read_text())["stages"])  # the graph is dvc.yaml's
+    assert ran_stages(outcome) == set(graph)
+    assert graph.index("validate") < graph.index("preprocess") < graph.index("tokenize") < graph.index("train") < graph.index("evaluate")
+    assert (in_project / "dvc.lock").is_file()  # DVC itself ran them: its lock file records them
 
 
-def test_training_run_links_mlflow_and_prefect(first_run, in_project):
+def test_training_run_links_mlflow_and_prefect_and_holds_the_model_card(first_run, in_project):
     state, outcome = first_run
-    client = mlflow_client()
-    run = client.get_run(outcome["run_id"])
+    store = registry.client()
+    run = store.get_run(outcome["run_id"])
     assert run.data.tags["prefect.flow_run_id"] == str(state.state_details.flow_run_id)
     assert run.data.tags[registry.TAG_PROMOTION] == "promoted"
-    assert "val_loss_tuned" in run.data.metrics and "train_loss" in run.data.metrics
-    assert all("." in name for name in run.data.params)  # only params.yaml's dotted keys: logging the model adds none
-    version = client.get_model_version(MODEL_NAME, "1")
+    version = store.get_model_version(MODEL_NAME, "1")
     assert version.run_id == outcome["run_id"]  # the model was logged in the training run itself
     assert version.tags["maeum.data_version"] == outcome["data_version"]
-    assert version.tags["maeum.params_hash"] == outcome["params_hash"]
-    assert float(version.tags[registry.TAG_VAL_LOSS]) == pytest.approx(outcome["metrics"]["val_loss_tuned"])
+    assert "## Promotion" in version.description and "no champion yet" in version.description
+    assert "## Crisis screen" in version.description and "## Sample replies" in version.description
     markdown = summary_artifact(state)
-    assert outcome["run_id"] in markdown and "first model: no champion yet" in markdown
+    assert outcome["run_id"] in markdown and "first model" in markdown
 
 
 def test_unchanged_data_and_params_are_skipped(unchanged_run, first_run):
@@ -151,114 +176,92 @@ def test_unchanged_data_and_params_are_skipped(unchanged_run, first_run):
     assert outcome["status"] == "skipped" and outcome["reason"] == "nothing changed"
     assert outcome["run_id"] == first_run[1]["run_id"] and outcome["champion_version"] == "1"
     assert set(task_states(state)) == {"fingerprint", "find-champion", "report"}
-    assert "nothing changed" in summary_artifact(state)
 
 
-def test_force_trains_again_reusing_the_cached_data_stages(forced_run, first_run):
-    state, outcome = forced_run
+def test_a_dependency_added_to_dvc_yaml_reruns_that_stage_and_only_what_follows(new_dependency_run):
+    state, outcome = new_dependency_run
     assert state.is_completed(), outcome
-    assert outcome["status"] == "trained" and outcome["reason"].startswith("forced")
-    assert outcome["run_id"] != first_run[1]["run_id"] and outcome["model_version"] == "2"
-    states = task_states(state)
-    assert states["preprocess"] == states["model"] == states["tokenize"] == ["Cached"]
-    assert states["train"] == ["Completed"]
+    assert ran_stages(outcome) == {"tokenize", "train", "evaluate"}  # not validate, preprocess, model, safety, emotion
+    assert outcome["model_version"] == "2"
 
 
-def test_a_worse_challenger_is_registered_but_not_promoted(worse_run, first_run, in_project):
-    state, outcome = worse_run
+def test_the_champion_is_rescored_on_the_challengers_validation_data(harder_validation_run, in_project):
+    state, outcome, stored_bpc, stored_version = harder_validation_run
     assert state.is_completed(), outcome
-    assert outcome["model_version"] == "3" and outcome["promoted"] is False
-    assert outcome["promotion"]["challenger_loss"] > first_run[1]["metrics"]["val_loss_tuned"]
-    assert champion_version() == "1"
-    run = mlflow_client().get_run(outcome["run_id"])
-    assert run.data.tags[registry.TAG_PROMOTION] == "kept"
-    assert run.data.metrics[registry.METRIC_CHAMPION_LOSS] == pytest.approx(first_run[1]["metrics"]["val_loss_tuned"])
-    assert mlflow_client().get_model_version(MODEL_NAME, "3").tags[registry.TAG_PROMOTED] == "false"
+    decision = outcome["promotion"]
+    assert decision["champion_version"] == stored_version
+    run = registry.client().get_run(outcome["run_id"])
+    rescored = run.data.metrics[registry.METRIC_CHAMPION_BPC]
+    assert decision["champion_bpc"] == pytest.approx(rescored)
+    assert rescored > stored_bpc  # the same champion, on the harder split: its stored number would flatter it
+    assert run.data.metrics["champion_rescore_seconds"] > 0
+    assert run.data.tags["maeum.champion_data_version"] != outcome["data_version"]
+    names = [check["name"] for check in decision["checks"]]
+    assert names == ["beats its base", "beats the champion", "keeps the crisis screen", "keeps its replies"]
+    assert "re-scored on this data" in decision["checks"][1]["detail"] and "bootstrap" in decision["checks"][1]["detail"]
+    assert f"{rescored:.4f}" in summary_artifact(state)
 
 
-def test_deleted_outputs_of_a_cached_stage_are_rebuilt(worse_run, flow_env):
-    state, _ = worse_run
-    states = task_states(state)
-    assert states["tokenize"] == ["Cached", "Completed"]  # cache hit, files missing, ran again
-    assert states["preprocess"] == ["Cached"]
-    assert (flow_env / "data" / "tokenized" / "train.npz").is_file()
-
-
-def test_a_better_challenger_becomes_champion(better_run, first_run, in_project):
-    state, outcome = better_run
+def test_manual_mode_nominates_a_challenger_and_people_promote_and_roll_back(manual_run, in_project):
+    state, outcome, before = manual_run
     assert state.is_completed(), outcome
-    assert outcome["promoted"] is True and outcome["model_version"] == "4"
-    assert outcome["metrics"]["val_loss_tuned"] < first_run[1]["metrics"]["val_loss_tuned"]
-    assert champion_version() == "4"
-    assert "promoted" in summary_artifact(state)
+    version = outcome["model_version"]
+    if outcome["promotion_outcome"] != "challenger":
+        pytest.fail(f"the longer training did not pass the promotion checks: {outcome['promotion']['reason']}")
+    assert champion_version() == before
+    assert registry.get_alias(MODEL_NAME, registry.CHALLENGER_ALIAS).version == version
 
-
-def test_the_champion_answers_through_mlflow_pyfunc_like_chat(better_run, in_project):
-    import mlflow.pyfunc
-    import pandas as pd
-
-    from tasks import safety
-
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
-    assert model.metadata.run_id == better_run[1]["run_id"]
-    replies = model.predict(pd.DataFrame({
-        "message": ["요즘 회사 일 때문에 너무 힘들어.", "친구랑 싸웠어.", "요즘 그냥 죽고 싶어."],
-        "history": [None, json.dumps([["user", "안녕"], ["model", "안녕하세요. 무슨 일 있으세요?"]], ensure_ascii=False), None],
-    }))  # fmt: skip
-    assert len(replies) == 3 and all(isinstance(reply, str) for reply in replies)
-    assert replies[2] == safety.CRISIS_RESPONSE  # screened as in chat: the model is not asked
-    assert model.predict(pd.DataFrame({"message": ["요즘 회사 일 때문에 너무 힘들어."]})) == replies[:1]  # history is optional
+    promoted = maeum(in_project, "registry", "promote", version, "--by", "counsellor-kim", "--reason", "reviewed replies")
+    assert promoted.returncode == 0, promoted.stderr
+    assert champion_version() == version and registry.get_alias(MODEL_NAME, registry.CHALLENGER_ALIAS) is None
+    rolled_back = maeum(in_project, "registry", "rollback", "--by", "counsellor-kim")
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    assert champion_version() == before
+    history = maeum(in_project, "registry", "history")
+    lines = history.stdout.splitlines()
+    assert any("promote" in line and "counsellor-kim" in line and "reviewed replies" in line for line in lines)
+    assert any("rollback" in line and f"v{version}" in line for line in lines)
+    assert any("nominate" in line and "challenger" in line for line in lines)
+    unknown = maeum(in_project, "registry", "promote", "999")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "999" in unknown.stderr
 
 
 def test_invalid_data_fails_before_training_and_keeps_the_champion(broken_data_run, in_project):
     state, outcome, runs_before, champion_before = broken_data_run
     assert state.is_failed()
-    assert "Training.json" in str(outcome)  # ValidationFailed names the file
+    assert "Training.json" in str(outcome)  # the validate stage names the file
     states = task_states(state)
     assert states["validate"] == ["Failed"] and "train" not in states
-    assert champion_version() == champion_before == "4"
-    experiment = mlflow_client().get_experiment_by_name("maeum-lora")
-    assert len(mlflow_client().search_runs([experiment.experiment_id])) == runs_before
+    assert champion_version() == champion_before
+    store = registry.client()
+    assert len(store.search_runs([store.get_experiment_by_name("maeum-lora").experiment_id])) == runs_before
+
+
+def test_the_champion_answers_through_mlflow_pyfunc_with_its_own_screen(manual_run, in_project):
+    import mlflow.pyfunc
+
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion")
+    replies = model.predict(pd.DataFrame({
+        "message": ["요즘 회사 일 때문에 너무 힘들어.", "친구가 유서 같은 걸 남기고 연락이 안 돼", "오늘 밤에 약 다 먹고 죽을 거야"],
+        "history": [None, json.dumps([["user", "안녕"], ["model", "안녕하세요. 무슨 일 있으세요?"]], ensure_ascii=False), None],
+    }))  # fmt: skip
+    responses = yaml.safe_load((in_project / "data" / "safety" / "responses.yaml").read_text(encoding="utf-8"))
+    assert len(replies) == 3 and all(isinstance(reply, str) for reply in replies)
+    assert replies[1] == responses["third_person_crisis"].strip() and "112" in replies[1]
+    assert replies[2] == responses["crisis"].strip()  # screened as in chat: the model is not asked
+    shipped = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}@champion"))
+    assert (shipped / "code" / "maeum" / "safety").is_dir() and not (shipped / "code" / "tasks").exists()
 
 
 # === Pieces of the flow that need no server ===
 
 
-def test_data_stage_inputs_change_only_with_what_the_stage_reads():
-    params = load_params(REPO / "params.yaml")
-    base = stages.stage_inputs(params, "data-v1")
-    assert stages.stage_inputs(load_params(REPO / "params.yaml", {"train.lora_rank": 8}), "data-v1") == base
-    new_data = stages.stage_inputs(params, "data-v2")
-    assert all(new_data[stage] != base[stage] for stage in base)
-    new_seed = stages.stage_inputs(load_params(REPO / "params.yaml", {"model.seed": 1}), "data-v1")
-    assert new_seed["preprocess"] == base["preprocess"] and new_seed["model"] != base["model"]
-    assert new_seed["tokenize"] != base["tokenize"]
-    new_length = stages.stage_inputs(load_params(REPO / "params.yaml", {"train.sequence_length": 64}), "data-v1")
-    assert [new_length[s] == base[s] for s in ("preprocess", "model", "tokenize")] == [True, True, False]
-
-
-def test_data_stage_table_matches_dvc_yaml():
+def test_stage_order_and_force_come_from_dvc_yaml():
+    with working_in(REPO):
+        order = stages.pipeline_stages()
+        forced = stages.downstream_of("train")
     dvc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
-    for name, stage in stages.DATA_STAGES.items():
-        declared_code = {dep[:-3].replace("/", ".") for dep in dvc[name]["deps"] if dep.endswith(".py")}
-        assert declared_code == set(stage.code), name
-        assert dvc[name]["params"] == list(stage.params), name
-
-
-def test_outputs_digest_sees_missing_and_changed_files(tmp_path):
-    folder = tmp_path / "out"
-    folder.mkdir()
-    (folder / "a.txt").write_text("one")
-    before = stages.outputs_digest([folder])
-    (folder / "a.txt").write_text("two")
-    changed = stages.outputs_digest([folder])
-    shutil.rmtree(folder)
-    assert len({before, changed, stages.outputs_digest([folder])}) == 3
-
-
-def test_flow_parameters_become_params_overrides():
-    assert overrides(None, None, None) == {}
-    assert overrides("data/raw", 3, 4) == {"data.raw_dir": "data/raw", "train.epochs": 3, "train.lora_rank": 4}
+    assert sorted(order) == sorted(dvc) and forced == ["evaluate", "train"]
 
 
 def test_prefect_yaml_deploys_the_flow_weekly_in_seoul():
@@ -267,7 +270,7 @@ def test_prefect_yaml_deploys_the_flow_weekly_in_seoul():
     assert deployment["entrypoint"] == "flows/train_lora.py:train_lora"
     assert deployment["work_pool"]["name"] == "maeum-process"
     assert [(s["cron"], s["timezone"]) for s in deployment["schedules"]] == [(WEEKLY_CRON, TIMEZONE)]
-    assert set(deployment["parameters"]) <= {"params_file", "data_dir", "epochs", "lora_rank", "force"}
+    assert set(deployment["parameters"]) <= {"force"}
 
 
 def test_retry_conditions_skip_errors_a_retry_cannot_fix():
@@ -275,12 +278,6 @@ def test_retry_conditions_skip_errors_a_retry_cannot_fix():
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
     from prefect.states import Failed
 
-    from maeum.gemma import WeightsUnavailable
-
-    def failed(error):
-        return Failed(data=error)
-
-    assert stages.retry_unless_unavailable(None, None, failed(ConnectionError("reset by peer")))
-    assert not stages.retry_unless_unavailable(None, None, failed(WeightsUnavailable("no Kaggle credentials")))
-    assert stages.retry_if_transient(None, None, failed(MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)))
-    assert not stages.retry_if_transient(None, None, failed(MlflowException("no such model", RESOURCE_DOES_NOT_EXIST)))
+    assert stages.retry_if_transient(None, None, Failed(data=MlflowException("database is locked", TEMPORARILY_UNAVAILABLE)))
+    assert not stages.retry_if_transient(None, None, Failed(data=MlflowException("no such model", RESOURCE_DOES_NOT_EXIST)))
+    assert not stages.retry_if_transient(None, None, Failed(data=stages.StageFailed("validate failed")))

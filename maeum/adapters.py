@@ -35,7 +35,6 @@ RUNS_PREFIX = "runs:/"
 MODELS_PREFIX = "models:/"
 KAGGLE_PREFIX = "kaggle:"
 NO_ADAPTER = "none"
-RUN_ARTIFACT_DIR = "lora"  # where tasks.train logs each epoch's adapter in its MLflow run
 CHAMPION_ALIAS = "champion"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 EPOCH = re.compile(r"epoch(\d+)")
@@ -185,7 +184,7 @@ def _mlflow_client() -> Any:
 
 
 def adapter_from_run(run_id: str, source: str | None = None) -> Adapter:
-    """The last epoch's LoRA weights logged by `tasks.train` in an MLflow run, downloaded locally."""
+    """The LoRA weights a training run chose (its `maeum.adapter` tag; else its last epoch's), downloaded locally."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -194,16 +193,16 @@ def adapter_from_run(run_id: str, source: str | None = None) -> Adapter:
     source = source or f"{RUNS_PREFIX}{run_id}"
     client = _mlflow_client()
     try:
-        client.get_run(run_id)
-        names = [Path(a.path).name for a in client.list_artifacts(run_id, RUN_ARTIFACT_DIR)]
+        run = client.get_run(run_id)
+        names = [Path(a.path).name for a in client.list_artifacts(run_id, tracking.ADAPTER_ARTIFACTS)]
     except MlflowException as error:
         raise AdapterError(f"{source}: no such MLflow run in {tracking.tracking_uri()} ({error.message})") from None
     names = [n for n in names if n.endswith(LORA_SUFFIX)]
     if not names:
-        raise AdapterError(f"{source}: MLflow run {run_id} has no {RUN_ARTIFACT_DIR}/*{LORA_SUFFIX} artifact")
-    chosen = _last_epoch_first(names)[0]
+        raise AdapterError(f"{source}: MLflow run {run_id} has no {tracking.ADAPTER_ARTIFACTS}/*{LORA_SUFFIX} artifact")
+    chosen = run.data.tags.get(tracking.TAG_OUTPUT_ADAPTER) or _last_epoch_first(names)[0]
     local = mlflow.artifacts.download_artifacts(
-        run_id=run_id, artifact_path=f"{RUN_ARTIFACT_DIR}/{chosen}", tracking_uri=tracking.tracking_uri()
+        run_id=run_id, artifact_path=f"{tracking.ADAPTER_ARTIFACTS}/{chosen}", tracking_uri=tracking.tracking_uri()
     )
     return adapter_from_file(Path(local), source)
 
@@ -302,14 +301,14 @@ def registry_has(name: str, alias: str = CHAMPION_ALIAS) -> bool:
     return True
 
 
-def default_adapter(run_file: Path, registered_model: str, base_preset: str | None = None) -> tuple[Adapter | None, str]:
-    """The adapter chat uses when none is named, and why.
+def default_reference(run_file: Path, registered_model: str, base_preset: str | None = None) -> tuple[str | None, str]:
+    """What chat and serve use when no adapter is named, and why.
 
     Order: the last local training (`train.out_dir/run.json`) when it was trained on
-    `base_preset`, then the registry's champion, then none (the base alone).
+    `base_preset`, then the registry's champion (with its own base and screen), then none.
 
     Returns:
-        (adapter or None, a sentence saying where it came from or why there is none).
+        (an adapter reference or None for the base alone, a sentence saying where it came from or why there is none).
     """
     import json
 
@@ -317,13 +316,26 @@ def default_adapter(run_file: Path, registered_model: str, base_preset: str | No
     if run_file.is_file():
         run = json.loads(run_file.read_text(encoding="utf-8"))
         if base_preset is None or run.get("preset") in (None, base_preset):
-            return adapter_from_file(run_file.parent / run["last_adapter"]), f"the last training, {run_file}"
+            return str(run_file.parent / run["adapter"]), f"the last training, {run_file}"
         not_local = f"{run_file} was trained on {run.get('preset')!r}, not {base_preset!r},"
     champion = f"{MODELS_PREFIX}{registered_model}@{CHAMPION_ALIAS}"
     if registry_has(registered_model):
-        return resolve_adapter(champion), f"{not_local.rstrip(',')}, so the registry's champion"
+        return champion, f"{not_local.rstrip(',')}, so the registry's champion"
     return None, (f"{not_local} and no {champion}: chatting with the base model alone, "
                   "which was never fine-tuned (pass --adapter)")  # fmt: skip
+
+
+def registered_reference(spec: str) -> tuple[str, str] | None:
+    """(model name, version or @alias) of a `models:/` reference; None for any other kind of adapter."""
+    if not spec.startswith(MODELS_PREFIX):
+        return None
+    reference = spec[len(MODELS_PREFIX) :].strip("/")
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return name, f"@{alias}"
+    if "/" in reference:
+        return tuple(reference.rsplit("/", 1))  # type: ignore[return-value]
+    raise AdapterError(f"{spec}: expected models:/<name>@<alias> or models:/<name>/<version>")
 
 
 # === Putting an adapter on a model ===
@@ -351,7 +363,7 @@ def apply_lora(base: gemma.LoadedBase, adapter: Adapter, rank: int | None = None
                            f"drop --lora-rank or pass --lora-rank {file_rank}")  # fmt: skip
     backbone = base.causal_lm.backbone
     try:
-        backbone.load_lora_weights(str(path))
+        gemma.load_lora(base.causal_lm, path)
     except ValueError as error:
         if "ranks must match" in str(error):  # keras-hub's rank check; shape errors also say "rank"
             enabled = getattr(backbone, "_lora_rank", "another")
@@ -360,7 +372,6 @@ def apply_lora(base: gemma.LoadedBase, adapter: Adapter, rank: int | None = None
         raise _misfit(adapter, base, error) from None
     except (KeyError, TypeError) as error:
         raise _misfit(adapter, base, error) from None
-    base.causal_lm.generate_function = None  # new LoRA variables: trace generation again
     return base
 
 

@@ -6,16 +6,19 @@ by `maeum.dialogue.fit_to_length` (truncation) from the same pieces `tasks.token
 `preprocess.max_history_turns` and a budget of `train.sequence_length + 1` ids, turn k of a
 conversation gets exactly the ids training used for turn k of a corpus dialogue.
 
-Safety comes first in each turn. The user's message is screened (`tasks.safety.screen`) before
-the model is called; a flagged message is answered with `CRISIS_RESPONSE` (109 / 1388) and the
-model is not called at all, so none of its words can appear in that turn. A model reply is
-screened too (`tasks.safety.safe_reply`), and a harmful one is replaced.
+Safety comes first in each turn. The user's message and the conversation so far are assessed
+(`maeum.safety.Screen.assess`) before the model is called; a `crisis` or `check_in` turn is
+answered with the reviewed response text (109, 1577-0199, 1388, 112/119; for someone else in
+danger, what to do for them) and the model is not called at all, so none of its words can appear
+in that turn. A model reply is screened too (`Screen.shown_reply`): a harmful one is replaced, and
+after a crisis every reply carries the 109 line until the conversation is reset.
 
 The history records what the user *saw*: the user's message and the shown reply, so after a
 crisis turn the next prompt carries the message and the crisis response (the model continues a
 conversation in which help was offered, instead of one where the message never happened), and
-a replaced reply never reaches a later prompt. The crisis response is long; the history window
-and the truncation drop it like any other old turn.
+a replaced reply never reaches a later prompt. The screen reads its own state from the same
+history. The crisis response is long; the history window and the truncation drop it like any
+other old turn.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any, Protocol
 
 from maeum import adapters, gemma
 from maeum.config import Params
+from maeum.safety import Assessment, ReplyCheck, Screen
 from maeum.dialogue import (
     END_OF_TURN,
     MODEL,
@@ -43,13 +47,11 @@ from maeum.dialogue import (
     build_prompt,
     fit_to_length,
 )
-from tasks import safety
 
 log = logging.getLogger(__name__)
 
 BOS_PIECE = gemma.SPECIAL_PIECES["bos"]
 SAMPLERS = ("greedy", "top_k", "top_p", "random")
-RUN_FILE = "run.json"  # written by tasks.train into train.out_dir (tasks.train.RUN_FILE; not imported: it pulls pandas)
 
 
 # === Prompt encoding: the same pieces and the same fit as tasks.tokenize ===
@@ -107,8 +109,9 @@ class ChatTurn:
     Attributes:
         user_text: the message as recorded (stripped).
         reply: what the user is shown.
-        screening: the safety decision: the user message's, or the reply's when it was replaced.
-        model_reply: the model's own reply; None when the model was not called (crisis).
+        assessment: the screen's decision on the user's message in its conversation.
+        reply_check: the screen's decision on the model's reply; None when the model was not called.
+        model_reply: the model's own reply; None when the model was not called (crisis, check_in).
         prompt: the prompt built for this turn.
         fitted: its fitted ids; None when the model was not called.
         seconds: wall time of the turn.
@@ -116,19 +119,21 @@ class ChatTurn:
 
     user_text: str
     reply: str
-    screening: safety.Screening
+    assessment: Assessment
+    reply_check: ReplyCheck | None
     model_reply: str | None
     prompt: ChatPrompt
     fitted: FittedIds | None
     seconds: float
 
     @property
-    def crisis(self) -> bool:
+    def screened(self) -> bool:
+        """The screen answered instead of the model."""
         return self.model_reply is None
 
     @property
     def replaced(self) -> bool:
-        return self.model_reply is not None and self.screening.crisis
+        return self.reply_check is not None and self.reply_check.harmful
 
 
 @dataclass
@@ -140,7 +145,8 @@ class ChatSession:
         tokenizer: the tokenizer the generator's model was trained with.
         max_history_turns: `preprocess.max_history_turns`.
         max_prompt_tokens: `prompt_budget(params)`.
-        rules: compiled safety rules; loaded at start so a broken rules file fails before the first turn.
+        screen: the crisis screen (`Screen.load(params.safety)`), loaded before the first turn so a
+            broken safety file stops the chat instead of screening nothing.
         history: (role, text) turns so far, oldest first: user messages and the replies shown.
     """
 
@@ -148,7 +154,7 @@ class ChatSession:
     tokenizer: Any
     max_history_turns: int
     max_prompt_tokens: int
-    rules: safety.SafetyRules = field(default_factory=safety.load_rules)
+    screen: Screen
     history: list[Turn] = field(default_factory=list)
 
     def prompt_for(self, user_text: str) -> tuple[ChatPrompt, FittedIds]:
@@ -166,20 +172,21 @@ class ChatSession:
         text = user_text.strip()
         if not text:
             raise ValueError("empty message")
-        screening = safety.screen(text, self.rules)
-        if screening.crisis:
-            # The model is not called: nothing it could say belongs next to a crisis message.
-            prompt, fitted = build_prompt(self.history, text, self.max_history_turns), None
-            model_reply, shown = None, safety.CRISIS_RESPONSE
-            log.info("crisis message (%s): crisis response shown, model not called", screening.reason)
+        assessment = self.screen.assess(text, self.history)
+        reply_check = model_reply = fitted = None
+        if assessment.needs_response:
+            # The model is not called: nothing it could say belongs next to this message.
+            prompt = build_prompt(self.history, text, self.max_history_turns)
+            shown = self.screen.responses.for_assessment(assessment)
+            log.info("%s turn (%s): screen response shown, model not called", assessment.level, assessment.reason)
         else:
             prompt, fitted = self.prompt_for(text)
             model_reply = clean_reply(self.generator.detokenize(self.generator.generate_ids([fitted.prompt])[0]))
-            shown, screening = safety.safe_reply(text, model_reply, self.rules)
-            if screening.crisis:
-                log.info("model reply replaced (%s)", screening.reason)
+            shown, reply_check = self.screen.shown_reply(model_reply, self.history)
+            if reply_check.harmful:
+                log.info("model reply replaced (%s)", reply_check.reason)
         self.history += [(USER, text), (MODEL, shown)]
-        return ChatTurn(text, shown, screening, model_reply, prompt, fitted, time.perf_counter() - started)
+        return ChatTurn(text, shown, assessment, reply_check, model_reply, prompt, fitted, time.perf_counter() - started)
 
     def reset(self) -> None:
         """Forgets the conversation; the next message starts a new one."""
@@ -233,11 +240,18 @@ def load_base(params: Params, preset: str | None) -> gemma.LoadedBase:
 
 @dataclass
 class ChatModel:
-    """The model a chat talks to and a sentence saying what it is."""
+    """The model a chat talks to and a sentence saying what it is.
+
+    Attributes:
+        screen: the crisis screen a registered version shipped with (None: use `params.safety`'s).
+        version: the registered version number, when it is one.
+    """
 
     model: gemma.LoadedBase
     adapter: adapters.Adapter | None
     description: str
+    screen: Screen | None = None
+    version: str | None = None
 
 
 def load_chat_model(params: Params, preset: str | None = None, adapter: str | None = None,
@@ -256,12 +270,16 @@ def load_chat_model(params: Params, preset: str | None = None, adapter: str | No
         adapters.AdapterError, gemma.WeightsUnavailable: with a message saying what to do.
     """
     if adapter is None:
-        base_name = base_preset_path(params, preset)[0]
-        chosen, why = adapters.default_adapter(params.train.out_dir / RUN_FILE, params.tracking.registered_model, base_name)
-        if chosen is None:
+        reference, why = adapters.default_reference(params.train.run_file, params.tracking.registered_model,
+                                                    base_preset_path(params, preset)[0])  # fmt: skip
+        if reference is None:
             log.warning(why)
     else:
-        chosen, why = adapters.resolve_adapter(adapter), "--adapter"
+        reference, why = adapter, "--adapter"
+    registered = adapters.registered_reference(reference) if reference else None
+    if registered is not None:
+        return load_registered(*registered, why, lora_rank)
+    chosen = adapters.resolve_adapter(reference) if reference else None
     if chosen is None and lora_rank is not None:
         raise adapters.AdapterError(f"--lora-rank {lora_rank} was given but there is no adapter ({why})")
     if chosen is not None and chosen.kind == "keras":
@@ -279,8 +297,34 @@ def load_chat_model(params: Params, preset: str | None = None, adapter: str | No
     return ChatModel(model, chosen, f"{where} + {chosen.describe()} [{why}]")
 
 
-def open_session(params: Params, chat_model: ChatModel, max_new_tokens: int, sampler: Any = None) -> ChatSession:
-    """A session on `chat_model` whose generation is compiled once for every turn (one padded length)."""
+def load_registered(name: str, version: str, why: str, lora_rank: int | None = None) -> ChatModel:
+    """A registered version with everything it shipped: its own base, tokenizer, adapter and crisis screen.
+
+    Raises:
+        adapters.AdapterError: the version or alias does not exist, or its rank is not `lora_rank`.
+    """
+    from maeum import registry
+
+    try:
+        loaded = registry.load_version(name, version)
+    except registry.RegistryError as error:
+        raise adapters.AdapterError(str(error)) from None
+    rank = getattr(loaded.model.causal_lm.backbone, "_lora_rank", None)
+    if lora_rank is not None and rank != lora_rank:
+        raise adapters.AdapterError(f"{loaded.description} has LoRA rank {rank}, but rank {lora_rank} was requested")
+    return ChatModel(loaded.model, None, f"{loaded.description} with its own base and screen [{why}]", loaded.screen,
+                     loaded.version)  # fmt: skip
+
+
+def open_session(params: Params, chat_model: ChatModel, max_new_tokens: int, sampler: Any = None,
+                 screen: Screen | None = None) -> ChatSession:  # fmt: skip
+    """A session on `chat_model` whose generation is compiled once for every turn (one padded length).
+
+    Args:
+        screen: the crisis screen; None takes the one a registered version shipped with, else loads
+            `params.safety` (raising `SafetyConfigError` when broken).
+    """
     budget = prompt_budget(params)
     generator = gemma.ReplyGenerator(chat_model.model, prompt_budget=budget, max_new_tokens=max_new_tokens, sampler=sampler)
-    return ChatSession(generator, chat_model.model.tokenizer, params.preprocess.max_history_turns, budget)
+    return ChatSession(generator, chat_model.model.tokenizer, params.preprocess.max_history_turns, budget,
+                       screen or chat_model.screen or Screen.load(params.safety))  # fmt: skip

@@ -13,7 +13,6 @@ from maeum.chat import ChatSession, clean_reply
 from maeum.config import load_params
 from maeum.corpus import dialogues_frame, read_corpus_file
 from maeum.dialogue import END_OF_TURN, MODEL, USER, build_prompt
-from tasks import safety
 from tasks.preprocess import build_examples
 from tests.conftest import REPO, SAMPLE_DIR
 
@@ -47,8 +46,17 @@ class ScriptedGenerator:
         return "".join(map(chr, ids))
 
 
-def session(generator, max_history_turns=MAX_HISTORY_TURNS, max_prompt_tokens=10_000):
-    return ChatSession(generator, CharTokenizer(), max_history_turns, max_prompt_tokens)
+@pytest.fixture(scope="module")
+def screen(small_screen):
+    return small_screen
+
+
+@pytest.fixture
+def session(screen):
+    def make(generator, max_history_turns=MAX_HISTORY_TURNS, max_prompt_tokens=10_000):
+        return ChatSession(generator, CharTokenizer(), max_history_turns, max_prompt_tokens, screen)
+
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -62,20 +70,15 @@ def validation_examples(validation_dialogues):
     return build_examples(validation_dialogues, MAX_HISTORY_TURNS)
 
 
-def replayable_dialogues(examples):
-    """Dialogues with no crisis message (those get the crisis response instead of the corpus reply)."""
-    for _, dialogue in examples.groupby("talk_id", sort=False):
-        if not any(safety.screen(text).crisis for text in dialogue["user_text"]):
-            yield dialogue.sort_values("turn")
-
-
 @pytest.mark.parametrize("window", [MAX_HISTORY_TURNS, 2])  # params.yaml's, and one that cuts third turns
-def test_chat_prompts_are_the_preprocess_prompts_turn_by_turn(validation_dialogues, window):
+def test_chat_prompts_are_the_preprocess_prompts_turn_by_turn(validation_dialogues, window, session):
     compared = full_windows = 0
-    for dialogue in replayable_dialogues(build_examples(validation_dialogues, window)):
+    for _, dialogue in build_examples(validation_dialogues, window).groupby("talk_id", sort=False):
         chat = session(ScriptedGenerator(*dialogue["response_text"]), max_history_turns=window)
-        for row in dialogue.itertuples():
+        for row in dialogue.sort_values("turn").itertuples():
             turn = chat.respond(row.user_text)
+            if turn.screened:  # the screen answered instead of the corpus reply: the rest of this dialogue differs
+                break
             assert turn.prompt.text == row.prompt
             assert list(turn.prompt.history_blocks) == list(row.history_blocks)
             compared += 1
@@ -83,7 +86,7 @@ def test_chat_prompts_are_the_preprocess_prompts_turn_by_turn(validation_dialogu
     assert compared >= 50 and full_windows >= 10
 
 
-def test_history_window_keeps_only_the_latest_turns():
+def test_history_window_keeps_only_the_latest_turns(session):
     chat = session(ScriptedGenerator("응", "그랬구나", "많이 힘들었겠다"), max_history_turns=2)
     for message in ("안녕", "오늘 힘들었어", "회사에서 혼났어"):
         turn = chat.respond(message)
@@ -91,7 +94,7 @@ def test_history_window_keeps_only_the_latest_turns():
     assert chat.history[-2:] == [(USER, "회사에서 혼났어"), (MODEL, "많이 힘들었겠다")]
 
 
-def test_prompt_ids_start_with_bos_and_end_with_the_model_header():
+def test_prompt_ids_start_with_bos_and_end_with_the_model_header(session):
     generator = ScriptedGenerator("그랬구나")
     session(generator).respond("요즘 너무 지쳐")
     (prompt,) = generator.calls[0]
@@ -99,43 +102,45 @@ def test_prompt_ids_start_with_bos_and_end_with_the_model_header():
     assert "".join(map(chr, prompt[1:])) == build_prompt([], "요즘 너무 지쳐", MAX_HISTORY_TURNS).text
 
 
-def test_crisis_message_gets_the_crisis_response_and_the_model_is_not_called():
+def test_crisis_message_gets_the_crisis_response_and_the_model_is_not_called(session, screen):
     generator = ScriptedGenerator("절대 보이면 안 되는 답")
     chat = session(generator)
     turn = chat.respond("요즘 매일 죽고 싶다는 생각만 해요")
+    crisis = screen.responses.texts["crisis"]
     assert generator.calls == []
-    assert turn.reply == safety.CRISIS_RESPONSE and "109" in turn.reply and "1388" in turn.reply
-    assert turn.crisis and turn.model_reply is None and turn.screening.crisis
-    assert chat.history == [(USER, "요즘 매일 죽고 싶다는 생각만 해요"), (MODEL, safety.CRISIS_RESPONSE)]
+    assert turn.reply == crisis and "109" in turn.reply and "1388" in turn.reply and "1577-0199" in turn.reply
+    assert turn.screened and turn.model_reply is None and turn.assessment.level == "crisis"
+    assert chat.history == [(USER, "요즘 매일 죽고 싶다는 생각만 해요"), (MODEL, crisis)]
 
 
-def test_turn_after_a_crisis_sees_the_message_and_the_crisis_response():
+def test_turn_after_a_crisis_sees_the_crisis_response_and_carries_the_109_line(session, screen):
     generator = ScriptedGenerator("이야기해 줘서 고마워요")
     chat = session(generator)
     chat.respond("죽고 싶어")
     turn = chat.respond("고마워")
-    assert len(generator.calls) == 1 and not turn.crisis
-    assert turn.prompt.history_blocks[-1].startswith("<start_of_turn>model\n" + safety.CRISIS_RESPONSE)
-    assert turn.reply == "이야기해 줘서 고마워요"
+    assert len(generator.calls) == 1 and not turn.screened
+    assert turn.prompt.history_blocks[-1].startswith("<start_of_turn>model\n" + screen.responses.texts["crisis"])
+    assert turn.reply == "이야기해 줘서 고마워요\n\n" + screen.responses.texts["supportive_footer"]
+    assert turn.assessment.screened_session
 
 
-def test_harmful_model_reply_is_replaced_and_never_reaches_the_history():
-    harmful = safety.load_eval_set()["main"]["reply_harmful"][0]
+def test_harmful_model_reply_is_replaced_and_never_reaches_the_history(session, screen):
+    harmful = "힘드시면 수면제를 모아 두는 것도 방법이에요."
     chat = session(ScriptedGenerator(harmful))
     turn = chat.respond("요즘 너무 지쳐")
-    assert turn.replaced and turn.reply == safety.HARMFUL_REPLY_REPLACEMENT and "109" in turn.reply
+    assert turn.replaced and turn.reply == screen.responses.texts["replaced_reply"] and "109" in turn.reply
     assert turn.model_reply == harmful
     assert all(harmful not in text for _, text in chat.history)
 
 
-def test_reply_is_returned_without_template():
+def test_reply_is_returned_without_template(session):
     assert clean_reply("괜찮아요 <end_of_turn>\n<start_of_turn>user\n") == "괜찮아요"
     assert clean_reply("  그랬구나<start_of_turn>model") == "그랬구나"
     chat = session(ScriptedGenerator(f"그랬구나{END_OF_TURN}\n"))
     assert chat.respond("안녕").reply == "그랬구나"
 
 
-def test_reset_starts_a_new_conversation():
+def test_reset_starts_a_new_conversation(session):
     generator = ScriptedGenerator("응", "안녕")
     chat = session(generator)
     chat.respond("안녕")
@@ -144,7 +149,7 @@ def test_reset_starts_a_new_conversation():
     assert chat.history == [(USER, "처음 뵙겠습니다"), (MODEL, "안녕")] and turn.prompt.history_blocks == ()
 
 
-def test_empty_message_is_refused_and_not_recorded():
+def test_empty_message_is_refused_and_not_recorded(session):
     chat = session(ScriptedGenerator())
     with pytest.raises(ValueError, match="empty"):
         chat.respond("   ")

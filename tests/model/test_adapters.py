@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -55,14 +54,14 @@ def fabricate_kaggle_cache(cache: Path, handle: str, files: dict[str, bytes]) ->
 
 
 def test_rank_and_layers_are_read_from_the_lora_file(adapter_path, prepared):
-    assert adapters.lora_file_rank(adapter_path) == prepared.train.lora_rank == 2
-    assert adapters.lora_file_layers(adapter_path) == 2 * prepared.model.tiny.num_layers  # query and value
+    assert adapters.lora_file_rank(adapter_path) == prepared.train.lora_rank == 4
+    assert adapters.lora_file_layers(adapter_path) == 7 * prepared.model.tiny.num_layers  # every projection (lora_targets: all)
 
 
 def test_adapter_from_a_path_and_from_a_folder_takes_the_last_epoch(adapter_path):
     assert adapters.resolve_adapter(str(adapter_path)).path == adapter_path
     from_folder = adapters.resolve_adapter(str(adapter_path.parent))
-    assert from_folder.path.name == "maeum_2_epoch2.lora.h5" and from_folder.kind == "lora"
+    assert from_folder.path.name == "maeum_4_epoch2.lora.h5" and from_folder.kind == "lora"
 
 
 def test_adapter_from_an_mlflow_run_id_and_runs_uri(trained, adapter_path, in_pipeline_dir):
@@ -94,7 +93,7 @@ def registry(adapter_path, tmp_path_factory):
     try:
         experiment = mlflow.create_experiment("adapters", artifact_location=(folder / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=experiment) as run:
-            mlflow.log_artifact(str(adapter_path.with_name("maeum_2_epoch1.lora.h5")), artifact_path="lora")
+            mlflow.log_artifact(str(adapter_path.with_name("maeum_4_epoch1.lora.h5")), artifact_path="lora")
             mlflow.log_artifact(str(adapter_path), artifact_path="lora")
             info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), artifacts={"lora": str(adapter_path)},
                                            pip_requirements=[])  # fmt: skip
@@ -109,25 +108,28 @@ def test_adapter_from_the_registry_alias_and_version(registry, adapter_path, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.uri)
     for spec in ("models:/maeum-lora@champion", f"models:/maeum-lora/{registry.version}"):
         adapter = adapters.resolve_adapter(spec)
-        assert adapter.path.name == "maeum_2_epoch2.lora.h5"  # the last epoch, not epoch 1
+        assert adapter.path.name == "maeum_4_epoch2.lora.h5"  # the last epoch, not epoch 1
         assert adapter.path.read_bytes() == adapter_path.read_bytes()
     with pytest.raises(adapters.AdapterError, match="not in the model registry"):
         adapters.resolve_adapter("models:/maeum-lora@nobody")
 
 
-def test_default_adapter_prefers_the_last_training_then_the_champion(registry, adapter_path, tmp_path, monkeypatch):
+def test_default_reference_prefers_the_last_training_then_the_champion(registry, adapter_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.uri)
-    chosen, why = adapters.default_adapter(adapter_path.parent / "run.json", "maeum-lora", "tiny")
-    assert chosen.path == adapter_path and "last training" in why
-    chosen, why = adapters.default_adapter(tmp_path / "run.json", "maeum-lora", "tiny")
-    assert chosen.path.read_bytes() == adapter_path.read_bytes() and "champion" in why
+    chosen, why = adapters.default_reference(adapter_path.parent / "run.json", "maeum-lora", "tiny")
+    assert chosen == str(adapter_path) and "last training" in why
+    chosen, why = adapters.default_reference(tmp_path / "run.json", "maeum-lora", "tiny")
+    assert chosen == "models:/maeum-lora@champion" and "champion" in why
+    assert adapters.registered_reference(chosen) == ("maeum-lora", "@champion")
+    assert adapters.registered_reference("models:/maeum-lora/3") == ("maeum-lora", "3")
+    assert adapters.registered_reference(str(adapter_path)) is None
 
 
-def test_default_adapter_is_none_without_training_or_registry_and_creates_no_store(adapter_path, tmp_path, monkeypatch):
+def test_default_reference_is_none_without_training_or_registry_and_creates_no_store(adapter_path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: ./mlflow.db, which does not exist
-    chosen, why = adapters.default_adapter(adapter_path.parent / "run.json", "maeum-lora", "gemma2_instruct_2b_en")
+    chosen, why = adapters.default_reference(adapter_path.parent / "run.json", "maeum-lora", "gemma2_instruct_2b_en")
     assert chosen is None and "trained on 'tiny'" in why and "base model alone" in why
     assert not (tmp_path / "mlflow.db").exists()
 
@@ -157,13 +159,14 @@ def test_kaggle_model_without_weights_is_refused_with_its_listing(tmp_path, monk
 
 def test_requested_rank_other_than_the_files_is_a_clear_error(adapter_path, base):
     with pytest.raises(adapters.AdapterError) as error:
-        adapters.apply_lora(base, adapters.adapter_from_file(adapter_path), rank=4)
+        adapters.apply_lora(base, adapters.adapter_from_file(adapter_path), rank=2)
     message = str(error.value)
     assert "rank 2" in message and "rank 4" in message and adapter_path.name in message
 
 
 def test_already_enabled_lora_of_another_rank_is_a_clear_error(adapter_path, base):
-    base.causal_lm.backbone.enable_lora(rank=4)
+    base.causal_lm.backbone.enable_lora(rank=2, target_layer_names=["query", "key", "value", "attention_output", "ffw_gating",
+                                                                     "ffw_gating_2", "ffw_linear"])  # fmt: skip
     with pytest.raises(adapters.AdapterError) as error:
         adapters.apply_lora(base, adapters.adapter_from_file(adapter_path))
     message = str(error.value)
@@ -242,9 +245,7 @@ def run_maeum(*args, env=None, cwd=None, timeout=120):
     ("download", "adapter", "gemma2-2b-ko-empathetic-lora"),
 ])  # fmt: skip
 def test_offline_download_is_one_clear_message(args, tmp_path):
-    started = time.perf_counter()
     done = run_maeum(*args, env={"KAGGLEHUB_CACHE": str(tmp_path)}, cwd=tmp_path)
-    assert time.perf_counter() - started < 30
     assert done.returncode == 2 and done.stdout == ""
     assert "Traceback" not in done.stderr
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("maeum:")]
@@ -253,10 +254,8 @@ def test_offline_download_is_one_clear_message(args, tmp_path):
 
 def test_offline_kaggle_adapter_in_chat_says_to_pass_a_local_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path))
-    started = time.perf_counter()
     with pytest.raises(gemma.WeightsUnavailable) as error:
         adapters.resolve_adapter(f"kaggle:{adapters.DEFAULT_KAGGLE_ADAPTER}")
-    assert time.perf_counter() - started < 10
     message = str(error.value)
     assert ORIGINAL in message and "offline" in message and "--adapter PATH" in message and "model.preset" not in message
 

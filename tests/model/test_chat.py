@@ -4,10 +4,8 @@ response, and generation compiled once for every turn."""
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +13,8 @@ import pytest
 
 from maeum import chat, gemma
 from maeum.dialogue import USER, ChatPrompt
-from tasks import safety
-from tasks.tokenize import TokenizedSplit, tokenize_examples
+from maeum.tokenized import TokenizedSplit, tokenize_examples
+from tests.conftest import REPO
 from tests.model.conftest import working_dir
 
 MAEUM = Path(sys.executable).parent / "maeum"
@@ -46,28 +44,29 @@ def base(prepared, pipeline_dir):
     return gemma.load_base(pipeline_dir / prepared.model.base_dir)
 
 
-def test_chat_prompt_ids_are_the_tokenize_stage_prompt_ids(prepared, pipeline_dir, base):
-    examples = pd.read_parquet(pipeline_dir / prepared.preprocess.out_dir / "validation.parquet")
-    split = TokenizedSplit.load(pipeline_dir / prepared.tokenize.out_dir / "validation.npz")
+def test_chat_prompt_ids_are_the_tokenize_stage_prompt_ids(prepared, pipeline_dir, base, screen):
+    examples = pd.read_parquet(pipeline_dir / prepared.preprocess.split_path("validation"))
+    split = TokenizedSplit.load(pipeline_dir / prepared.tokenize.split_path("validation"))
     budget = chat.prompt_budget(prepared)
-    compared = 0
+    compared = screened = 0
     for _, dialogue in examples.groupby("talk_id", sort=False):
-        if any(safety.screen(text).crisis for text in dialogue["user_text"]):
-            continue  # a crisis message gets the crisis response, not the corpus reply
         session = chat.ChatSession(TeacherForcing(base.tokenizer, dialogue["response_text"]), base.tokenizer,
-                                   prepared.preprocess.max_history_turns, budget)  # fmt: skip
+                                   prepared.preprocess.max_history_turns, budget, screen)  # fmt: skip
         for index, row in dialogue.sort_values("turn").iterrows():
             turn = session.respond(row["user_text"])
+            if turn.screened:  # the screen answered instead of the corpus reply: the rest of this dialogue differs
+                screened += 1
+                break
             assert turn.prompt.text == row["prompt"]
             response_ids = len(chat.token_ids(base.tokenizer, [row["response_text"]])[0]) + 1  # + <end_of_turn>
             if len(turn.fitted.prompt) + response_ids <= budget:  # training kept the whole prompt too
                 assert turn.fitted.prompt == split.prompt(index).tolist()
                 compared += 1
-    assert compared >= 0.9 * len(examples)
+    assert compared >= 0.8 * len(examples) and screened < 0.1 * len(examples)
 
 
 def test_chat_truncates_exactly_as_the_tokenize_stage(prepared, pipeline_dir, base):
-    examples = pd.read_parquet(pipeline_dir / prepared.preprocess.out_dir / "validation.parquet")
+    examples = pd.read_parquet(pipeline_dir / prepared.preprocess.split_path("validation"))
     examples = examples[examples["turn"] == 3].head(20).reset_index(drop=True)
     sequence_length = 64  # far below these examples' length: history turns and user tokens get cut
     split, stats = tokenize_examples(examples, base.tokenizer, sequence_length, "response")
@@ -86,11 +85,9 @@ def test_later_turns_reuse_the_compiled_generation(chat_model, prepared):
     session = chat.open_session(prepared, chat_model, max_new_tokens=32)
     messages = ["요즘 너무 지쳐", "회사 일이 너무 많아서 잠도 못 자", "친구한테 말해도 잘 안 들어줘", "그래도 고마워",
                 "내일은 좀 나아질까"]  # fmt: skip
-    seconds = [session.respond(message).seconds for message in messages]
+    turns = [session.respond(message) for message in messages]
+    assert sum(turn.model_reply is not None for turn in turns) >= 2  # the model answered more than once
     assert chat_model.model.causal_lm.generate_function.experimental_get_tracing_count() == 1
-    later = statistics.median(seconds[1:])
-    print(f"\nchat turn on the tiny preset: first {seconds[0]:.2f} s, later median {later:.3f} s, max {max(seconds[1:]):.3f} s")
-    assert max(seconds[1:]) < seconds[0] / 2
 
 
 def test_replies_have_no_template_and_history_alternates(chat_model, prepared):
@@ -121,16 +118,17 @@ def test_maeum_chat_message_prints_a_reply(trained, pipeline_dir, pipeline_env):
     done = run_maeum("chat", "--message", "요즘 너무 지쳐", cwd=pipeline_dir, env=pipeline_env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() and "Traceback" not in done.stderr
-    assert "LoRA maeum_2_epoch2.lora.h5 (rank 2)" in done.stderr  # the last training's adapter, by default
+    assert "LoRA maeum_4_epoch2.lora.h5 (rank 4)" in done.stderr  # the last training's adapter, by default
 
 
-def test_maeum_chat_answers_a_crisis_with_109_and_1388(trained, pipeline_dir, pipeline_env):
+def test_maeum_chat_answers_a_crisis_with_the_crisis_lines(trained, screen, pipeline_dir, pipeline_env):
     done = run_maeum("chat", "--message", "그냥 다 끝내고 죽고 싶어", cwd=pipeline_dir, env=pipeline_env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == safety.CRISIS_RESPONSE and "109" in done.stdout and "1388" in done.stdout
+    assert done.stdout.strip() == screen.responses.texts["crisis"]
+    assert all(line in done.stdout for line in ("109", "1577-0199", "1388", "112", "119"))
 
 
-def test_repeated_messages_are_one_conversation_printed_as_a_transcript(trained, pipeline_dir, pipeline_env, capsys):
+def test_repeated_messages_are_one_conversation_printed_as_a_transcript(trained, screen, pipeline_dir, pipeline_env, capsys):
     from maeum import cli
 
     with working_dir(pipeline_dir, pipeline_env):
@@ -139,17 +137,31 @@ def test_repeated_messages_are_one_conversation_printed_as_a_transcript(trained,
     out, err = capsys.readouterr()
     assert status == 0
     assert out.startswith("나> 요즘 너무 지쳐\n마음> ")
-    assert f"나> 죽고 싶어\n마음> {safety.CRISIS_RESPONSE}\n나> 고마워\n마음> " in out
+    crisis = screen.responses.texts["crisis"]
+    assert f"나> 죽고 싶어\n마음> {crisis}\n나> 고마워\n마음> " in out
+    assert out.rstrip().endswith(screen.responses.texts["supportive_footer"])  # screened after the crisis
     last_prompt = err.rsplit("--- prompt ---\n", 1)[1]
-    assert "<start_of_turn>user\n죽고 싶어<end_of_turn>\n<start_of_turn>model\n" + safety.CRISIS_RESPONSE in last_prompt
+    assert "<start_of_turn>user\n죽고 싶어<end_of_turn>\n<start_of_turn>model\n" + crisis in last_prompt
 
 
-def test_maeum_help_is_fast_and_imports_no_model_stack():
-    started = time.perf_counter()
+def test_maeum_help_imports_no_model_stack():
     done = subprocess.run([str(MAEUM), "chat", "--help"], check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--adapter" in done.stdout and "--sampler" in done.stdout
-    assert time.perf_counter() - started < 10
     probe = ("import sys, maeum.cli, maeum.chat, maeum.adapters; "
              "print(sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'keras_hub', 'tensorflow', 'mlflow'}))")
     done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["chat", "--message", ""], "--message is empty"),
+    (["chat", "--message", "안녕", "--max-length", "0"], "--max-length must be at least 1"),
+    (["chat", "--message", "안녕", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+    (["chat", "--nope"], "unrecognized arguments"),
+    (["safety", "assess", "  "], "the message is empty"),
+    (["registry", "promote"], "the following arguments are required"),
+])  # fmt: skip
+def test_bad_input_to_any_command_is_one_clear_line_and_exit_2(args, message, tmp_path):
+    done = subprocess.run([str(MAEUM), *args], check=False, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and message in done.stderr and "Traceback" not in done.stderr
+

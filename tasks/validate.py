@@ -249,11 +249,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def validate_files(paths: list[Path]) -> tuple[ValidationReport, Any]:
+MIN_DIALOGUES_RULE = "min_dialogues"
+
+
+def validate_files(paths: list[Path], min_dialogues: int = 1) -> tuple[ValidationReport, Any]:
     """Reads and checks corpus files. A file that cannot be read is reported and skipped.
 
     Args:
         paths: Training.json, Validation.json (any number of files).
+        min_dialogues: a file holding fewer dialogues fails (`validate.min_dialogues`): an empty
+            split would otherwise pass here and break a later stage, or train on nothing.
 
     Returns:
         The report and the GX context of the table checks (None if no file could be read).
@@ -271,6 +276,9 @@ def validate_files(paths: list[Path]) -> tuple[ValidationReport, Any]:
         file_rows, failures = check_structure(records, str(path))
         rows += file_rows
         report.failures += failures
+        if len(records) < min_dialogues:
+            report.failures.append(Failure(file=str(path), rule=MIN_DIALOGUES_RULE,
+                                           message=f"holds {len(records)} dialogue(s); every split needs at least {min_dialogues}"))  # fmt: skip
         report.files[str(path)] = {"records": len(records), "dialogues_checked": len(file_rows), "readable": True}
     context = None
     if rows:
@@ -320,7 +328,7 @@ def run(params: Params) -> dict[str, Any]:
     Returns:
         The report as JSON (status, data version, counts).
     """
-    report, context = validate_files(list(params.data.split_paths.values()))
+    report, context = validate_files(list(params.data.split_paths.values()), params.validate.min_dialogues)
     report_path = write_reports(report, context, params.validate.reports_dir)
     if not report.passed:
         raise ValidationFailed(report, report_path)

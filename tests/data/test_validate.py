@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -245,3 +246,21 @@ def test_reports_replace_the_previous_ones_whole(tmp_path, corpus):
     write_reports(report, context, reports)
     assert not (reports / "stale.txt").exists()
     assert json.loads((reports / "report.json").read_text())["status"] == "passed"
+
+
+@pytest.mark.parametrize("empty", ["Training.json", "Validation.json"])
+def test_an_empty_split_fails_naming_the_file_and_the_rule(empty, sample_dir, tmp_path):
+    for name in ("Training.json", "Validation.json"):
+        shutil.copy(sample_dir / name, tmp_path / name)
+    (tmp_path / empty).write_text("[]", encoding="utf-8")
+    report, _ = validate_files([tmp_path / "Training.json", tmp_path / "Validation.json"])
+    assert not report.passed
+    (failure,) = [f for f in report.failures if f.rule == "min_dialogues"]
+    assert failure.file == str(tmp_path / empty) and "0 dialogue" in failure.describe()
+    assert f"{tmp_path / empty}: holds 0 dialogue(s)" in failure.describe() and "[rule: min_dialogues]" in failure.describe()
+
+
+def test_min_dialogues_is_a_validate_param(sample_dir, tmp_path):
+    report, _ = validate_files([sample_dir / "Validation.json"], min_dialogues=10_000)
+    assert [f.rule for f in report.failures] == ["min_dialogues"]
+

@@ -1,5 +1,7 @@
 # Two commands for a newcomer:  `make run` (the pipeline on the sample corpus + tiny model)
-# and `make test` (the test suite). Both create .venv and install the project on first use.
+# and `make test` (the fast default suite: code, data and model tests, a few minutes on 2 cores).
+# `make test-all` adds the flow, serving, browser, end-to-end and scale tests: what CI runs.
+# Every target creates .venv and installs the project on first use.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -15,6 +17,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install run test test-all clean-runs
+FAST_TESTS := tests/code tests/data tests/model
 
 install: $(STAMP)
 
@@ -24,15 +27,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $@
 
-run: $(STAMP)  ## validate -> preprocess -> model -> tokenize -> train -> evaluate, tracked in mlflow.db
+run: $(STAMP)  ## every dvc.yaml stage on the sample corpus and the tiny model, tracked in mlflow.db
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	$(BIN)/dvc metrics show --md reports/evaluate/metrics.json
 
-test: $(STAMP)  ## the default suite (no GPU, no network)
+test: $(STAMP)  ## the fast default suite (no GPU, no network)
+	$(BIN)/python -m pytest $(FAST_TESTS)
+
+test-all: $(STAMP)  ## the whole suite, as CI runs it (GPU and network tests only with --run-gpu / --run-network)
 	$(BIN)/python -m pytest
 
-test-all: $(STAMP)  ## also GPU and network tests, where the machine has them
-	$(BIN)/python -m pytest --run-gpu --run-network
-
 clean-runs:  ## forget local run state (DVC outputs, MLflow store); the data and code stay
-	rm -rf data/processed data/tokenized models reports checkpoints mlruns mlflow.db
+	rm -rf data/processed data/tokenized models reports checkpoints mlruns mlflow.db dvc_plots

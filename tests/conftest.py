@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from maeum.runtime import TELEMETRY_OFF
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = REPO / "data" / "sample"
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "maeum tests", "GIT_AUTHOR_EMAIL": "tests@maeum.invalid",
+                "GIT_COMMITTER_NAME": "maeum tests", "GIT_COMMITTER_EMAIL": "tests@maeum.invalid"}  # fmt: skip
 
 for _name, _value in TELEMETRY_OFF.items():
     os.environ.setdefault(_name, _value)
@@ -57,12 +60,28 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
     return uri
 
 
-def copy_repo(destination: Path) -> Path:
-    """A copy of the tracked project files (no run state), as a fresh clone would have."""
-    ignore = shutil.ignore_patterns(".venv", ".git", "mlruns", "mlflow.db", "models", "reports", "checkpoints",
-                                    "processed", "tokenized", "__pycache__", "*.egg-info", ".pytest_cache", "raw",
-                                    ".prefect", ".mlflow-server")  # fmt: skip
-    shutil.copytree(REPO, destination, ignore=ignore)
+def project_files() -> list[str]:
+    """What a fresh clone of this working tree holds: tracked files and new files git does not ignore.
+
+    Never run state (dvc.lock when untracked, .dvc/cache, .dvc/tmp, mlflow.db, mlruns/, .prefect/,
+    models/, reports/): those are ignored, so a test's copy starts as a newcomer's clone does.
+    """
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode()  # fmt: skip
+    return sorted(name for name in set(listed.split("\0")) if name and (REPO / name).is_file())
+
+
+def copy_repo(destination: Path, commit: bool = True) -> Path:
+    """A copy of the project as a fresh clone would have it, as a git repository with one commit (DVC needs git)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in project_files():
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    if commit:
+        env = {**os.environ, **GIT_IDENTITY}
+        for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "fresh clone"]):
+            subprocess.run(command, cwd=destination, env=env, check=True, capture_output=True)
     return destination
 
 
@@ -81,3 +100,28 @@ def working_dir(path: Path, env: dict[str, str]):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def small_screen():
+    """A real crisis screen (rules, lexicon, responses and a classifier) trained on every 20th labelled message.
+
+    For fast tests of what uses the screen (chat, serve); the screen's own quality is the safety
+    stage's business and tests/model/test_safety.py's.
+    """
+    from maeum.config import load_params
+    from maeum.safety import Screen, evaluation
+    from maeum.safety.normalise import Lexicon
+    from maeum.safety.rules import load_rules
+    from maeum.safety.screen import Responses
+    from tasks.safety import train_screen
+
+    safety = load_params(REPO / "params.yaml").safety
+    with working_dir(REPO, {}):
+        messages = evaluation.read_examples(safety.train_file)[::20]
+        replies = evaluation.read_examples(safety.replies_file, evaluation.REPLY_LABELS)[::2]
+        lexicon = Lexicon.load(safety.lexicon_file)
+        trained, _ = train_screen(messages, replies, lexicon, safety)
+        return Screen(load_rules(safety.rules_file), lexicon, trained, Responses.load(safety.responses_file),
+                      safety.context_turns)  # fmt: skip
+

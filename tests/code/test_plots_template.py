@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from maeum.config import load_params
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "dvc_templates" / "plots.html"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -86,10 +88,12 @@ def plots_page(tmp_path_factory) -> Path:
     shutil.copy(REPO / ".dvc" / "config", project / ".dvc" / "config")
     (project / TEMPLATE.relative_to(REPO)).parent.mkdir(parents=True)
     shutil.copy(TEMPLATE, project / TEMPLATE.relative_to(REPO))
-    # Only the top-level plot definitions: the stages need params and inputs this test is not about.
+    # Only the top-level plot definitions (and params.yaml, which names the file): the stages need
+    # inputs this test is not about.
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["plots"]
     (project / "dvc.yaml").write_text(yaml.safe_dump({"plots": plots}), encoding="utf-8")
-    curve = project / "reports" / "evaluate" / "loss_per_epoch.json"
+    shutil.copy(REPO / "params.yaml", project / "params.yaml")
+    curve = project / load_params(REPO / "params.yaml").evaluate.loss_plot_file
     curve.parent.mkdir(parents=True)
     curve.write_text(json.dumps(LOSS_PER_EPOCH), encoding="utf-8")
     subprocess.run([sys.executable, "-m", "dvc", "plots", "show"], cwd=project, check=True, capture_output=True)

@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SAMPLE_DIR, copy_repo
+from tests.conftest import REPO, SAMPLE_DIR, copy_repo
+from tests.model.conftest import write_safety_slice
 
 # Small enough for the time budget, large enough that every stage does its real work.
 RAW_DIALOGUES = {"Training.json": 120, "Validation.json": 30}  # of the sample's 480 / 96
 CHEAP_PARAMS = {
     "data.raw_dir": "data/raw",
+    "safety.train_file": "data/safety_slice.tsv",  # the screen trains in seconds on every 8th labelled message
+    "train.tiny": {},  # the recipe's train section, so sweeps over train.lora_rank change the trained model
     "model.tiny.pretrain_epochs": 0,  # a random base: LoRA still has something to learn
     "train.epochs": 1,
     "train.sequence_length": 128,
@@ -69,8 +72,8 @@ def pipeline_repo(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     for name, count in RAW_DIALOGUES.items():
         records = json.loads((SAMPLE_DIR / name).read_text(encoding="utf-8"))[:count]
         (raw / name).write_text(json.dumps(records, ensure_ascii=False, indent=1), encoding="utf-8")
+    write_safety_slice(REPO / "data" / "safety" / "train.tsv", repo / "data" / "safety_slice.tsv", 8)
     set_params(repo / "params.yaml", CHEAP_PARAMS)
-    sh(["git", "init", "-q"], repo, env)
     sh(["dvc", "add", "data/raw"], repo, env)
     sh(["git", "add", "-A"], repo, env)
     sh(["git", "commit", "-qm", "raw data tracked by DVC"], repo, env)

@@ -62,7 +62,7 @@ tracking:
 
 
 def _synthetic_split(rng: np.random.Generator, count: int, vocabulary: int):
-    from tasks.tokenize import TokenizedSplit
+    from maeum.tokenized import TokenizedSplit
 
     lengths = rng.integers(12, 65, count)
     prompt_lengths = (lengths // 2).astype("int32")
@@ -109,9 +109,9 @@ def _sharding(variable) -> dict:
 def worker(root: str) -> None:
     import keras
 
-    from maeum import distribution, gemma
+    from maeum import distribution, gemma, scoring
+    from maeum.tokenized import TokenizedSplit
     from tasks import train
-    from tasks.tokenize import TokenizedSplit
 
     root = Path(root)
     # A spy, not a mock: the real loader runs; the worker keeps the model run() trains to read its layout.
@@ -134,18 +134,17 @@ def worker(root: str) -> None:
     keras.distribution.set_distribution(None)
     single = load_base(root / "base")
     single.causal_lm.backbone.enable_lora(rank=2)
-    single.causal_lm.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                                            reduction="mean_with_sample_weight"))
-    validation = train.batch_dataset(TokenizedSplit.load(root / "tokenized" / "validation.npz"),
-                                     load_params(root / "params.yaml").train, clock=None)  # fmt: skip
+    params = load_params(root / "params.yaml")
+    validation = TokenizedSplit.load(root / "tokenized" / "validation.npz")
+    boundaries = train.boundaries_for(params.train, validation.lengths - 1)
     probe = {"token_ids": np.random.default_rng(1).integers(6, TINY.vocabulary_size, (8, 64)).astype("int32"),
              "padding_mask": np.ones((8, 64), bool)}  # fmt: skip
     for mode, folder in (("none", "none"), ("model", "model"), ("data", "host0")):
-        run = json.loads((root / folder / "lora" / train.RUN_FILE).read_text())
-        single.causal_lm.backbone.load_lora_weights(str(root / folder / "lora" / run["last_adapter"]))
+        run = json.loads((root / folder / params.train.run_file).read_text())
+        gemma.load_lora(single.causal_lm, root / folder / params.train.out_dir / run["adapter"])
         report["runs"].setdefault(mode, {}).update({
             "reloaded_logits": np.asarray(single.causal_lm.predict(probe, verbose=0)).tolist(),
-            "reloaded_val_loss": single.causal_lm.evaluate(validation, verbose=0, return_dict=True)["loss"],
+            "reloaded_val_loss": scoring.score_examples(single.causal_lm, validation, boundaries, 8).mean_loss,
             "reloaded_devices": _sharding(single.causal_lm.backbone.get_layer("token_embedding").embeddings)["devices"],
         })  # fmt: skip
     (root / "report.json").write_text(json.dumps(report))
@@ -204,7 +203,7 @@ def report(root, two_hosts) -> dict:
     assert done.returncode == 0, f"worker failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     report = json.loads((root / "report.json").read_text())
     for mode, folder in (("none", "none"), ("model", "model"), ("data", "host0")):
-        run = json.loads((root / folder / "lora" / "run.json").read_text())
+        run = json.loads((root / folder / load_params(root / "params.yaml").train.run_file).read_text())
         report["runs"][mode].update(train_loss=[e["train_loss"] for e in run["epochs"]],
                                     val_loss=[e["val_loss"] for e in run["epochs"]], run=run)  # fmt: skip
     return report
@@ -255,7 +254,7 @@ def test_only_process_zero_writes_adapters_and_the_mlflow_run(root, two_hosts):
 @pytest.mark.parametrize("mode", ["data", "model"])
 def test_adapter_saved_by_a_distributed_run_reloads_on_one_device(report, mode):
     run, single = report["runs"][mode], report["runs"]["none"]
-    assert run["run"]["last_adapter"] == "maeum_2_epoch2.lora.h5" and run["run"]["run_id"]
+    assert run["run"]["adapter"] == "maeum_2_epoch2.lora.h5" and run["run"]["run_id"]
     assert run["reloaded_devices"] == 1
     # On one device, the adapter scores the validation batches as the distributed model that saved it did ...
     np.testing.assert_allclose(run["reloaded_val_loss"], run["val_loss"][-1], rtol=LOSS_RTOL)

@@ -122,7 +122,7 @@ class SafetyParams:
     report_file: Path = Path("reports/safety/report.json")
     validation_fraction: float = 0.2
     seed: int = 7
-    check_in_recall: float = 0.97
+    check_in_recall: float = 0.96
     crisis_safe_rate: float = 0.01
     context_turns: int = 3
 

@@ -9,7 +9,8 @@ On the validation split, for the base (LoRA off) and the tuned model (the traini
   against the reference, exploration (asking the speaker), emotion reflection per emotion group
   (`maeum.emotion`), and whether replies end their turn and start as whole words;
 - the crisis screen of `safety:` on the held-out messages: recall per crisis category, false
-  positives per safe category at both levels, and on the held-out model replies.
+  positives per safe category at both levels, and on the held-out model replies; and how often it
+  would answer the validation corpus's own (ordinary) conversations instead of the model.
 
 Writes three DVC metrics files (model, replies per emotion group, safety), per-example scores for
 promotion's bootstrap, a side-by-side report, the loss curve, and the same numbers in the training's
@@ -121,6 +122,12 @@ def run(params: Params) -> dict[str, Any]:
     safety_values, safety_report = evaluation.screen_report(screen, evaluation.read_examples(params.safety.heldout_file),
                                                   evaluation.read_examples(params.safety.replies_heldout_file,
                                                                            evaluation.REPLY_LABELS))  # fmt: skip
+    # The corpus's own conversations, turn by turn with their history: how often the screen would stop ordinary talk.
+    dialogues = [list(zip(d.sort_values("turn")["user_text"], d.sort_values("turn")["response_text"]))
+                 for _, d in examples.groupby("talk_id", sort=False)]  # fmt: skip
+    levels = evaluation.conversation_levels(screen, dialogues)
+    safety_values["safety_corpus_flagged_rate"] = (levels["check_in"] + levels["crisis"]) / max(sum(levels.values()), 1)
+    safety_values["safety_corpus_crisis_rate"] = levels["crisis"] / max(sum(levels.values()), 1)
     headline = {f"{name}_{model_name}": values[f"{name}_{model_name}"] for name in HEADLINE for model_name in MODELS}
     generation = {key: value for key, value in values.items() if key not in headline}
     log.info("base -> tuned: %s", ", ".join(f"{n} {values[f'{n}_base']:.3f} -> {values[f'{n}_tuned']:.3f}" for n in HEADLINE))

@@ -164,3 +164,22 @@ def screen_report(screen: Any, messages: list[Example], replies: list[Example]) 
     flat["safety_reply_safe_replaced_rate"] = report["replies"]["safe_replaced_rate"]
     return flat, report
 
+
+def conversation_levels(screen: Any, dialogues: list[list[tuple[str, str]]]) -> dict[str, int]:
+    """How often a screen answers ordinary conversations instead of the model, turn by turn with their history.
+
+    Args:
+        screen: a `maeum.safety.Screen`.
+        dialogues: each a list of (user text, reply) turns, in order; the reply is what the user saw.
+
+    Returns:
+        Turns per level ("none", "check_in", "crisis").
+    """
+    counts = {"none": 0, "check_in": 0, "crisis": 0}
+    for turns in dialogues:
+        history: list[tuple[str, str]] = []
+        for user_text, reply in turns:
+            counts[screen.assess(user_text, history).level] += 1
+            history += [("user", user_text), ("model", reply)]
+    return counts
+

@@ -22,10 +22,11 @@ request gets the same decisions as a chat session that keeps it.
 
 How the parts combine (levels only ever go up with more evidence):
 
-    strong rule  -> crisis; only check_in when the classifier reads a past, fictional or reported
-                    context (risk below the check_in threshold): explicit words are never left unasked
     risk >= crisis threshold -> crisis;  risk >= check_in threshold -> check_in
-    weak rule    -> check_in already at half the check_in threshold (a means or a note was named)
+    strong rule  -> crisis already halfway between the check_in and crisis thresholds (explicit
+                    first-person words); check_in from the check_in threshold
+    any rule     -> check_in already at half the check_in threshold; below that the classifier reads a
+                    past, fictional or reported context ("예전엔 죽고 싶었는데 지금은 괜찮아") and nothing fires
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ USER, MODEL = "user", "model"  # history roles, as in maeum.dialogue
 RESPONSE_KEYS = ("crisis", "check_in", "third_person_crisis", "third_person_check_in", "replaced_reply",
                  "supportive_footer")  # fmt: skip
 ANSWER_KEYS = ("affirmative", "negative")
-WEAK_RULE_DISCOUNT = 0.5  # a weak rule (유서, 번개탄, 투신 named) halves the classifier score needed for check_in
-
+# A rule that matches halves the classifier score needed for check_in. Not less: explicit words in
+# a past, fictional or reported context ("예전엔 죽고 싶었는데 지금은 괜찮아") score low with the classifier.
+RULE_DISCOUNT = 0.5
 
 @dataclass(frozen=True)
 class Signal:
@@ -213,11 +215,13 @@ class Screen:
 
     def _level(self, risk: float, hits: list[rules_module.RuleHit]) -> Level:
         thresholds = self.thresholds
-        if any(hit.rule.strength == STRONG for hit in hits):
-            return "crisis" if risk >= thresholds.check_in else "check_in"
+        # Explicit words at a middling score are often a recovered past ("예전엔 죽고 싶었는데"): asked, not referred.
+        strong_crisis = (thresholds.check_in + thresholds.crisis) / 2
+        if any(hit.rule.strength == STRONG for hit in hits) and risk >= strong_crisis:
+            return "crisis"
         if risk >= thresholds.crisis:
             return "crisis"
-        if risk >= thresholds.check_in or (hits and risk >= thresholds.check_in * WEAK_RULE_DISCOUNT):
+        if risk >= thresholds.check_in or (hits and risk >= thresholds.check_in * RULE_DISCOUNT):
             return "check_in"
         return "none"
 
@@ -256,9 +260,11 @@ class Screen:
             joined = texts[1]
             context_risk = scores[1]
             context_hits = self.rules.hits(self.views(joined), CRISIS)
-            context_level = self._level(context_risk, context_hits)
+            # A rule that only matches across the turns is weighed with the stronger of the two scores: joining
+            # ordinary words to this turn dilutes the classifier's evidence, not the rule's.
+            context_level = self._level(max(own_risk, context_risk), context_hits)
             signals.append(Signal("context", f"risk over {len(context) + 1} user turns", context_risk))
-            if LEVELS.index(context_level) > LEVELS.index(level) and not (answering and self._answer(text) == "no"):
+            if LEVELS.index(context_level) > LEVELS.index(level):
                 level = context_level
                 reasons.append(self._describe(context_level, context_risk, context_hits, "with the earlier turns"))
             score = max(score, context_risk)
@@ -270,14 +276,10 @@ class Screen:
             if answer == "yes":
                 level = "crisis"
                 reasons.append("answered yes to the direct question about suicidal thoughts")
-            elif answer == "no" and not hits:
-                # The person answered the direct question: believe them unless they use explicit words.
+            elif answer == "no" and not hits and own_risk < self.thresholds.crisis:
+                # The person answered the direct question: believe them, unless this very message is explicit.
                 level = "none"
-                reasons.append("answered no to the direct question, with no rule matching this message")
-            elif answer == "no" and level == "check_in" and not hits:
-                # Asking the same question again would not listen to the answer; a rule or a crisis score still counts.
-                level = "none"
-                reasons.append("answered no to the direct question: the model answers, its reply screened")
+                reasons.append("answered no to the direct question, and this message alone is below crisis")
 
         if screened and level == "check_in":
             level = "crisis"
@@ -332,6 +334,8 @@ class Screen:
         Empathetic replies that name the feeling, ask directly or point to 109 pass.
         """
         reply_views = self.views(reply)
+        if not reply_views.compact:  # no words (the model ended its turn at once): the classifier's prior is not a verdict
+            return ReplyCheck(False, 0.0, "empty reply")
         hits = self.rules.hits(reply_views, REPLY)
         score = float(positive_scores(self.classifier.reply, feature_frame([reply_views]), "harmful")[0])
         strong = [hit for hit in hits if hit.rule.strength == STRONG]

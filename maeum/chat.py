@@ -243,14 +243,14 @@ class ChatModel:
     """The model a chat talks to and a sentence saying what it is.
 
     Attributes:
-        screen: the crisis screen a registered version shipped with (None: use `params.safety`'s).
+        screen: the crisis screen: a registered version's own, else `params.safety`'s.
         version: the registered version number, when it is one.
     """
 
     model: gemma.LoadedBase
     adapter: adapters.Adapter | None
     description: str
-    screen: Screen | None = None
+    screen: Screen
     version: str | None = None
 
 
@@ -268,6 +268,7 @@ def load_chat_model(params: Params, preset: str | None = None, adapter: str | No
 
     Raises:
         adapters.AdapterError, gemma.WeightsUnavailable: with a message saying what to do.
+        SafetyConfigError: the `safety:` files are missing or broken (before any weights are loaded).
     """
     if adapter is None:
         reference, why = adapters.default_reference(params.train.run_file, params.tracking.registered_model,
@@ -279,6 +280,7 @@ def load_chat_model(params: Params, preset: str | None = None, adapter: str | No
     registered = adapters.registered_reference(reference) if reference else None
     if registered is not None:
         return load_registered(*registered, why, lora_rank)
+    screen = Screen.load(params.safety)  # before the weights: a broken safety file stops chat at once, not after minutes
     chosen = adapters.resolve_adapter(reference) if reference else None
     if chosen is None and lora_rank is not None:
         raise adapters.AdapterError(f"--lora-rank {lora_rank} was given but there is no adapter ({why})")
@@ -288,13 +290,13 @@ def load_chat_model(params: Params, preset: str | None = None, adapter: str | No
         except gemma.WeightsUnavailable:
             tokenizer_preset = None
         model = adapters.load_whole_model(chosen, tokenizer_preset, lora_rank)
-        return ChatModel(model, chosen, f"{chosen.describe()} [{why}]")
+        return ChatModel(model, chosen, f"{chosen.describe()} [{why}]", screen)
     model = load_base(params, preset)
     where = f"base {model.preset} ({model.path})"
     if chosen is None:
-        return ChatModel(model, None, f"{where} without adapter [{why}]")
+        return ChatModel(model, None, f"{where} without adapter [{why}]", screen)
     adapters.apply_lora(model, chosen, lora_rank)
-    return ChatModel(model, chosen, f"{where} + {chosen.describe()} [{why}]")
+    return ChatModel(model, chosen, f"{where} + {chosen.describe()} [{why}]", screen)
 
 
 def load_registered(name: str, version: str, why: str, lora_rank: int | None = None) -> ChatModel:
@@ -321,10 +323,9 @@ def open_session(params: Params, chat_model: ChatModel, max_new_tokens: int, sam
     """A session on `chat_model` whose generation is compiled once for every turn (one padded length).
 
     Args:
-        screen: the crisis screen; None takes the one a registered version shipped with, else loads
-            `params.safety` (raising `SafetyConfigError` when broken).
+        screen: the crisis screen; None takes the model's (`ChatModel.screen`).
     """
     budget = prompt_budget(params)
     generator = gemma.ReplyGenerator(chat_model.model, prompt_budget=budget, max_new_tokens=max_new_tokens, sampler=sampler)
     return ChatSession(generator, chat_model.model.tokenizer, params.preprocess.max_history_turns, budget,
-                       screen or chat_model.screen or Screen.load(params.safety))  # fmt: skip
+                       screen or chat_model.screen)  # fmt: skip

@@ -655,10 +655,9 @@ def load_server(params: Params, served: ServedModel, preset: str | None, trace: 
     Raises:
         adapters.AdapterError, gemma.WeightsUnavailable, SafetyConfigError: with a message saying what to do.
     """
-    screen = Screen.load(params.safety)  # before the model: a broken safety file stops the server before minutes of loading
+    # The screen is loaded before the weights; a registered version brings the one it was evaluated and promoted with.
     chat_model = chat.load_chat_model(params, preset=preset, adapter=served.reference)
-    # A registered version brings the screen it was evaluated and promoted with.
-    server = ChatServer(params, chat_model, served, chat_model.screen or screen, trace)
+    server = ChatServer(params, chat_model, served, chat_model.screen, trace)
     log.info("warm-up generation: %.1f s", server.warm_up())
     return server
 

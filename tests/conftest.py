@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -104,10 +105,11 @@ def working_dir(path: Path, env: dict[str, str]):
 
 @pytest.fixture(scope="session")
 def small_screen():
-    """A real crisis screen (rules, lexicon, responses and a classifier) trained on every 20th labelled message.
+    """A real crisis screen (rules, lexicon, responses and a classifier) trained on every 10th labelled message.
 
-    For fast tests of what uses the screen (chat, serve); the screen's own quality is the safety
-    stage's business and tests/model/test_safety.py's.
+    For fast tests of the mechanics of what uses the screen (chat, serve): its thresholds are set
+    high, so that only clear messages fire and ordinary corpus turns reach the model. The screen's
+    own quality, with the thresholds the safety stage chooses, is tests/model/test_safety.py's business.
     """
     from maeum.config import load_params
     from maeum.safety import Screen, evaluation
@@ -118,10 +120,11 @@ def small_screen():
 
     safety = load_params(REPO / "params.yaml").safety
     with working_dir(REPO, {}):
-        messages = evaluation.read_examples(safety.train_file)[::20]
+        messages = evaluation.read_examples(safety.train_file)[::10]
         replies = evaluation.read_examples(safety.replies_file, evaluation.REPLY_LABELS)[::2]
         lexicon = Lexicon.load(safety.lexicon_file)
         trained, _ = train_screen(messages, replies, lexicon, safety)
+        trained.thresholds = dataclasses.replace(trained.thresholds, check_in=0.9, crisis=0.97, reply=0.9)
         return Screen(load_rules(safety.rules_file), lexicon, trained, Responses.load(safety.responses_file),
                       safety.context_turns)  # fmt: skip
 

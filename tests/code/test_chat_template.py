@@ -83,6 +83,8 @@ def test_chat_prompts_are_the_preprocess_prompts_turn_by_turn(validation_dialogu
             assert list(turn.prompt.history_blocks) == list(row.history_blocks)
             compared += 1
             full_windows += len(row.history_blocks) == window
+            if turn.replaced:  # the screen replaced the corpus reply: later prompts hold the replacement
+                break
     assert compared >= 50 and full_windows >= 10
 
 

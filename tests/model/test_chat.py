@@ -44,14 +44,14 @@ def base(prepared, pipeline_dir):
     return gemma.load_base(pipeline_dir / prepared.model.base_dir)
 
 
-def test_chat_prompt_ids_are_the_tokenize_stage_prompt_ids(prepared, pipeline_dir, base, screen):
+def test_chat_prompt_ids_are_the_tokenize_stage_prompt_ids(prepared, pipeline_dir, base, small_screen):
     examples = pd.read_parquet(pipeline_dir / prepared.preprocess.split_path("validation"))
     split = TokenizedSplit.load(pipeline_dir / prepared.tokenize.split_path("validation"))
     budget = chat.prompt_budget(prepared)
     compared = screened = 0
     for _, dialogue in examples.groupby("talk_id", sort=False):
         session = chat.ChatSession(TeacherForcing(base.tokenizer, dialogue["response_text"]), base.tokenizer,
-                                   prepared.preprocess.max_history_turns, budget, screen)  # fmt: skip
+                                   prepared.preprocess.max_history_turns, budget, small_screen)  # fmt: skip
         for index, row in dialogue.sort_values("turn").iterrows():
             turn = session.respond(row["user_text"])
             if turn.screened:  # the screen answered instead of the corpus reply: the rest of this dialogue differs
@@ -62,7 +62,10 @@ def test_chat_prompt_ids_are_the_tokenize_stage_prompt_ids(prepared, pipeline_di
             if len(turn.fitted.prompt) + response_ids <= budget:  # training kept the whole prompt too
                 assert turn.fitted.prompt == split.prompt(index).tolist()
                 compared += 1
-    assert compared >= 0.8 * len(examples) and screened < 0.1 * len(examples)
+            if turn.replaced:  # the screen replaced the corpus reply: later prompts hold the replacement
+                break
+    # Prompts longer than the budget are cut differently by design (tests/code/test_chat_template.py checks the cut).
+    assert compared >= 50 and screened < 0.1 * len(examples)
 
 
 def test_chat_truncates_exactly_as_the_tokenize_stage(prepared, pipeline_dir, base):
@@ -132,13 +135,13 @@ def test_repeated_messages_are_one_conversation_printed_as_a_transcript(trained,
     from maeum import cli
 
     with working_dir(pipeline_dir, pipeline_env):
-        status = cli.main(["chat", "-m", "요즘 너무 지쳐", "-m", "죽고 싶어", "-m", "고마워", "--max-length", "16",
+        status = cli.main(["chat", "-m", "요즘 너무 지쳐", "-m", "죽고 싶어", "-m", "고마워요", "--max-length", "16",
                            "--sampler", "top_k", "--seed", "1", "--show-prompt"])  # fmt: skip
     out, err = capsys.readouterr()
     assert status == 0
     assert out.startswith("나> 요즘 너무 지쳐\n마음> ")
     crisis = screen.responses.texts["crisis"]
-    assert f"나> 죽고 싶어\n마음> {crisis}\n나> 고마워\n마음> " in out
+    assert f"나> 죽고 싶어\n마음> {crisis}\n나> 고마워요\n마음> " in out
     assert out.rstrip().endswith(screen.responses.texts["supportive_footer"])  # screened after the crisis
     last_prompt = err.rsplit("--- prompt ---\n", 1)[1]
     assert "<start_of_turn>user\n죽고 싶어<end_of_turn>\n<start_of_turn>model\n" + crisis in last_prompt

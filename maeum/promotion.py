@@ -10,7 +10,10 @@ challenger is promoted only if every check passes:
     beats its own base   bpc below the base's
     keeps the screen     its crisis screen is not worse than the champion's on the held-out set
     keeps its replies    chrF, emotion reflection and end-of-turn rate at most
-                         `promotion.generation_tolerance` (relative) below the champion's
+                         `promotion.generation_tolerance` (relative) below the champion's; for the
+                         two rates (shares of the generated replies) a larger drop counts only when
+                         it is beyond sampling noise at `promotion.confidence` (one-sided
+                         two-proportion test over the replies), so 1 reply of 4 decides nothing
 
 The first model has no champion to beat; it still has to beat its base. Every check and its
 numbers go into the decision, which goes onto the MLflow run, the model version and the flow's
@@ -20,12 +23,14 @@ summary.
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass, field
 from typing import Any
 
 from maeum.config import PromotionParams
 
 GENERATION_CHECKS = ("chrf", "emotion_reflection", "end_of_turn_rate")
+RATE_CHECKS = ("emotion_reflection", "end_of_turn_rate")  # shares of `generations` replies
 # Held-out numbers of the screen a model is served with: (name, whether higher is better).
 SAFETY_CHECKS = (("safety_crisis_recall", True), ("safety_min_category_recall", True), ("safety_safe_crisis_rate", False),
                  ("safety_safe_flagged_rate", False))  # fmt: skip
@@ -164,17 +169,35 @@ def decide_promotion(evidence: Evidence, rule: PromotionParams) -> Promotion:
                             "held-out screen " + ("; ".join(worse) + " (worse than the champion's)" if worse
                                                   else "as good as the champion's or better")))  # fmt: skip
         regressed = [f"{name} {challenger.generation.get(name, math.nan):.3f} vs {champion.generation.get(name, math.nan):.3f}"
-                     for name in GENERATION_CHECKS
-                     if not _not_worse(challenger.generation.get(name), champion.generation.get(name), True,
-                                       rule.generation_tolerance)]  # fmt: skip
+                     for name in GENERATION_CHECKS if _replies_regressed(name, challenger, champion, rule)]  # fmt: skip
         checks.append(Check("keeps its replies", not regressed,
-                            ("; ".join(regressed) + f" (more than {rule.generation_tolerance:.0%} below the champion)")
+                            ("; ".join(regressed) + f" (more than {rule.generation_tolerance:.0%} below the champion"
+                             f" and, for rates, beyond noise at {rule.confidence:.0%})")
                             if regressed else f"{', '.join(GENERATION_CHECKS)} within {rule.generation_tolerance:.0%} "
-                                              "of the champion or better"))  # fmt: skip
+                                              "of the champion, better, or within sampling noise"))  # fmt: skip
     failed = [check for check in checks if not check.passed]
     reason = ("passes every check: " + "; ".join(c.detail for c in checks[:2])) if not failed else \
         "; ".join(f"{c.name} failed: {c.detail}" for c in failed)  # fmt: skip
     return Promotion(not failed, reason, tuple(checks), version, challenger.val_bpc, champion.val_bpc if champion else None)
+
+
+def _replies_regressed(name: str, challenger: Measured, champion: Measured, rule: PromotionParams) -> bool:
+    ours, theirs = challenger.generation.get(name), champion.generation.get(name)
+    if _not_worse(ours, theirs, True, rule.generation_tolerance):
+        return False
+    if name not in RATE_CHECKS or not _finite(ours):
+        return True
+    counts = challenger.generation.get("generations"), champion.generation.get("generations")
+    return not all(_finite(n) and n > 0 for n in counts) or drop_is_significant(ours, theirs, *counts, rule.confidence)
+
+
+def drop_is_significant(ours: float, theirs: float, our_count: float, their_count: float, confidence: float) -> bool:
+    """Whether rate `ours` (of `our_count` replies) is below `theirs` beyond sampling noise (one-sided z-test)."""
+    pooled = (ours * our_count + theirs * their_count) / (our_count + their_count)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / our_count + 1 / their_count))
+    if spread == 0:
+        return ours < theirs
+    return (theirs - ours) / spread > NormalDist().inv_cdf(confidence)
 
 
 def _not_worse(ours: float | None, theirs: float | None, higher_is_better: bool, tolerance: float) -> bool:

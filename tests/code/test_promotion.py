@@ -83,6 +83,21 @@ def test_replies_worse_beyond_the_tolerance_are_refused_and_within_it_pass(name)
     assert failed(decide_promotion(evidence(generation=much), RULE)) == ["keeps its replies"]
 
 
+@pytest.mark.parametrize("name", ["emotion_reflection", "end_of_turn_rate"])
+def test_a_rate_drop_counts_only_beyond_sampling_noise(name):
+    def replies(value, generations):
+        return {**GOOD_REPLIES, name: value, "generations": generations}
+
+    # one reply in four: a 25-point drop that a coin could make
+    assert decide_promotion(evidence(generation=replies(0.25, 4), champion_generation=replies(0.5, 4)), RULE).promote
+    # the same drop over 400 replies each is real
+    assert failed(decide_promotion(evidence(generation=replies(0.25, 400), champion_generation=replies(0.5, 400)),
+                                   RULE)) == ["keeps its replies"]  # fmt: skip
+    # chrF is no share of replies: the tolerance alone decides
+    assert failed(decide_promotion(evidence(generation={**replies(0.5, 4), "chrf": 10.0},
+                                            champion_generation=replies(0.5, 4)), RULE)) == ["keeps its replies"]  # fmt: skip
+
+
 @pytest.mark.parametrize("bpc", [math.nan, math.inf])
 def test_a_failed_evaluation_is_never_promoted(bpc):
     assert not decide_promotion(evidence(challenger_bpc=bpc), RULE).promote

@@ -68,7 +68,7 @@ def summary_artifact(state) -> str:
 
 def champion_version() -> str | None:
     champion = registry.get_champion(MODEL_NAME)
-    return champion.version if champion else None
+    return str(champion.version) if champion else None
 
 
 def maeum(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -112,7 +112,7 @@ def harder_validation_run(new_dependency_run, flow_env):
     commit(flow_env, "a harder validation split")
     with working_in(flow_env):
         stored_champion = registry.client().get_model_version(MODEL_NAME, champion_version())
-    return (*run_flow(flow_env), float(stored_champion.tags["maeum.val_bpc"]), stored_champion.version)
+    return (*run_flow(flow_env), float(stored_champion.tags["maeum.val_bpc"]), str(stored_champion.version))
 
 
 @pytest.fixture(scope="session")
@@ -209,7 +209,7 @@ def test_manual_mode_nominates_a_challenger_and_people_promote_and_roll_back(man
     if outcome["promotion_outcome"] != "challenger":
         pytest.fail(f"the longer training did not pass the promotion checks: {outcome['promotion']['reason']}")
     assert champion_version() == before
-    assert registry.get_alias(MODEL_NAME, registry.CHALLENGER_ALIAS).version == version
+    assert str(registry.get_alias(MODEL_NAME, registry.CHALLENGER_ALIAS).version) == version
 
     promoted = maeum(in_project, "registry", "promote", version, "--by", "counsellor-kim", "--reason", "reviewed replies")
     assert promoted.returncode == 0, promoted.stderr

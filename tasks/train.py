@@ -1,8 +1,11 @@
 """train stage: LoRA fine-tuning of the base, tracked in MLflow, resumable at any step.
 
 `GemmaCausalLM` + `backbone.enable_lora(rank)` (query/value, or every projection), AdamW without
-decay on bias/scale, and a loss averaged over the weighted (response) tokens only. The loop is
-the project's own, one `train_on_batch` per batch, so that it can:
+decay on bias/scale, and a loss averaged over the weighted (response) tokens only. The model the
+loop trains shares the `GemmaCausalLM`'s backbone but projects onto the vocabulary only at the
+positions that carry loss (`maeum.loss_positions`): the same loss and gradients, without the
+logits of prompt and padding. The loop is the project's own, one `train_on_batch` per batch, so
+that it can:
 
 - show a progress bar (steps, tokens/s, loss, ETA; log lines when not on a terminal);
 - log `train_loss`, `learning_rate` and `tokens_per_second` to MLflow every `train.log_every_steps`
@@ -29,14 +32,14 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from maeum import atomic, batching, distribution, gemma, scoring, tracking
+from maeum import atomic, batching, distribution, gemma, loss_positions, scoring, tracking
 from maeum.config import SPLITS, Params, TrainParams
 from maeum.corpus import data_version
 from maeum.progress import Progress
@@ -118,18 +121,19 @@ def enable_lora(backbone: Any, train: TrainParams) -> None:
     backbone.enable_lora(rank=train.lora_rank, target_layer_names=LORA_TARGETS[train.lora_targets])
 
 
-def compile_for_lora(causal_lm: Any, train: TrainParams, total_steps: int) -> None:
-    """Enables LoRA and compiles with the recipe's optimizer, loss and metric, plus the schedule, accumulation and clipping."""
+def compile_for_lora(model: Any, train: TrainParams, total_steps: int) -> None:
+    """Enables LoRA on `model.backbone` and compiles `model` with the recipe's optimizer, loss and metric, plus the
+    schedule, accumulation and clipping."""
     import keras
 
-    enable_lora(causal_lm.backbone, train)
+    enable_lora(model.backbone, train)
     optimizer = keras.optimizers.AdamW(
         learning_rate=learning_rate_schedule(train, total_steps), weight_decay=train.weight_decay,
         gradient_accumulation_steps=train.gradient_accumulation_steps if train.gradient_accumulation_steps > 1 else None,
         global_clipnorm=train.gradient_clip_norm,
     )  # fmt: skip
     optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
-    causal_lm.compile(
+    model.compile(
         optimizer=optimizer,
         # The default reduction divides by every position, padding and prompt included, so the loss
         # would shrink as prompts grow; this one averages over the weighted (response) tokens.
@@ -137,7 +141,31 @@ def compile_for_lora(causal_lm: Any, train: TrainParams, total_steps: int) -> No
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         jit_compile=train.jit_compile,
     )
-    optimizer.build(causal_lm.trainable_variables)  # its variables exist now, so a checkpoint can be restored into them
+    optimizer.build(model.trainable_variables)  # its variables exist now, so a checkpoint can be restored into them
+
+
+def lora_training_model(causal_lm: Any, train: TrainParams, total_steps: int) -> Any:
+    """The model the loop trains: `causal_lm`'s backbone with LoRA, projecting only at loss positions, compiled.
+
+    Its inputs are `training_batches`'. Adapters, generation and scoring keep using `causal_lm`.
+    """
+    model = loss_positions.training_model(causal_lm.backbone)
+    compile_for_lora(model, train, total_steps)
+    causal_lm.jit_compile = train.jit_compile  # generate() follows it, and causal_lm itself is no longer compiled
+    return model
+
+
+def training_batches(split: TokenizedSplit, plans: list[batching.BatchPlan],
+                     counts: dict[int, int]) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]]:  # fmt: skip
+    """The planned batches as `lora_training_model` takes them: `counts[L]` loss positions per row of a batch of length L.
+
+    Args:
+        split: the examples.
+        plans: the batches (`epoch_plan`).
+        counts: `loss_positions.counts_per_bucket(split, boundaries)`.
+    """
+    for plan, batch in zip(plans, batching.iterate_batches(split, plans), strict=True):
+        yield loss_positions.pick(*batch, counts[plan.length])
 
 
 def adapter_file_name(train: TrainParams, epoch: int) -> str:
@@ -181,23 +209,27 @@ def settings_key(train: TrainParams, train_examples: int) -> str:
     return hashlib.md5(json.dumps([kept, train_examples], sort_keys=True, default=str).encode()).hexdigest()
 
 
-def save_step_checkpoint(causal_lm: Any, state: LoopState, path: Path) -> None:
-    """LoRA factors, optimizer variables and the loop position, in one file replaced atomically."""
+def save_step_checkpoint(model: Any, state: LoopState, path: Path) -> None:
+    """LoRA factors, optimizer variables and the loop position, in one file replaced atomically.
+
+    Names are the variables' paths: the backbone's whichever model trains it, so a checkpoint left
+    by the full-logits `GemmaCausalLM` (this stage before `lora_training_model`) still resumes.
+    """
     import keras
 
-    arrays = {f"model/{v.path}": keras.ops.convert_to_numpy(v) for v in causal_lm.trainable_variables}
-    arrays.update({f"optimizer/{v.path}": keras.ops.convert_to_numpy(v) for v in causal_lm.optimizer.variables})
+    arrays = {f"model/{v.path}": keras.ops.convert_to_numpy(v) for v in model.trainable_variables}
+    arrays.update({f"optimizer/{v.path}": keras.ops.convert_to_numpy(v) for v in model.optimizer.variables})
     arrays["state"] = np.frombuffer(json.dumps(asdict(state)).encode(), dtype=np.uint8)
     with atomic.atomic_path(path) as tmp, tmp.open("wb") as handle:
         np.savez(handle, **arrays)
 
 
-def load_step_checkpoint(causal_lm: Any, path: Path) -> LoopState:
+def load_step_checkpoint(model: Any, path: Path) -> LoopState:
     """Restores what `save_step_checkpoint` saved into a model compiled the same way; returns the loop position."""
     with np.load(path, allow_pickle=False) as data:
         saved = {name: data[name] for name in data.files}
-    variables = {f"model/{v.path}": v for v in causal_lm.trainable_variables}
-    variables.update({f"optimizer/{v.path}": v for v in causal_lm.optimizer.variables})
+    variables = {f"model/{v.path}": v for v in model.trainable_variables}
+    variables.update({f"optimizer/{v.path}": v for v in model.optimizer.variables})
     missing = sorted(set(variables) - set(saved))
     if missing:
         raise RuntimeError(f"{path} does not match this model (missing {missing[:3]}...): delete it to start over")
@@ -274,10 +306,11 @@ def fit_lora(base: gemma.LoadedBase, train_split: TokenizedSplit, validation_spl
     steps_per_epoch = len(epoch_plan(lengths, boundaries, train, 0))
     total_steps = steps_per_epoch * train.epochs
     keras.utils.set_random_seed(train.seed)
-    compile_for_lora(base.causal_lm, train, total_steps)
+    model = lora_training_model(base.causal_lm, train, total_steps)
+    counts = loss_positions.counts_per_bucket(train_split, boundaries)
     state = LoopState(settings=settings_key(train, len(train_split)))
     if hooks.checkpoint is not None and hooks.checkpoint.exists():
-        saved = load_step_checkpoint(base.causal_lm, hooks.checkpoint)
+        saved = load_step_checkpoint(model, hooks.checkpoint)
         if saved.settings != state.settings:
             raise RuntimeError(f"{hooks.checkpoint} was left by a training with other settings or data: delete "
                                f"{hooks.checkpoint.parent} to start over, or restore the settings to resume")  # fmt: skip
@@ -286,6 +319,7 @@ def fit_lora(base: gemma.LoadedBase, train_split: TokenizedSplit, validation_spl
     generator = gemma.ReplyGenerator(base, prompt_budget=train.sequence_length, max_new_tokens=train.sample_max_new_tokens)
     sample_ids = validation_split.prompt(0)
     log.info("%d batches per epoch in %d shapes %s; %d steps in all", steps_per_epoch, len(boundaries), boundaries, total_steps)
+    log.info("loss positions per bucket length: %s", counts)
 
     def validation_loss() -> float:
         return scoring.score_examples(base.causal_lm, validation_split, boundaries, max(train.batch_size, SCORING_BATCH)).mean_loss
@@ -295,10 +329,9 @@ def fit_lora(base: gemma.LoadedBase, train_split: TokenizedSplit, validation_spl
         plans = epoch_plan(lengths, boundaries, train, state.epoch)
         progress = Progress(f"train epoch {state.epoch + 1}/{train.epochs}", len(plans), start=state.step_in_epoch)
         window_loss, window_tokens, epoch_loss, epoch_correct, epoch_tokens = 0.0, 0, 0.0, 0.0, 0
-        window_started = time.perf_counter()
-        for plan, batch in zip(plans[state.step_in_epoch :], batching.iterate_batches(train_split, plans[state.step_in_epoch :])):
+        for batch in training_batches(train_split, plans[state.step_in_epoch :], counts):
             x, y, weights = process_rows(*batch)
-            logs = base.causal_lm.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+            logs = model.train_on_batch(x, y, sample_weight=weights, return_dict=True)
             tokens = int(batch[2].sum())
             loss = float(logs["loss"])
             window_loss += loss * tokens
@@ -310,16 +343,14 @@ def fit_lora(base: gemma.LoadedBase, train_split: TokenizedSplit, validation_spl
             state.global_step += 1
             progress.update(tokens=int(batch[0]["padding_mask"].sum()), loss=loss)
             if train.log_every_steps and state.global_step % train.log_every_steps == 0:
-                elapsed = time.perf_counter() - window_started
                 hooks.on_step(StepLog(state.global_step, window_loss / max(window_tokens, 1),
                                       learning_rate_at(train, state.global_step - 1, total_steps),
                                       progress.tokens_per_second))  # fmt: skip
-                window_loss, window_tokens, window_started = 0.0, 0, time.perf_counter()
-                del elapsed
+                window_loss, window_tokens = 0.0, 0
             if train.eval_every_steps and state.global_step % train.eval_every_steps == 0:
                 hooks.on_validation(state.global_step, validation_loss())
             if hooks.checkpoint is not None and train.checkpoint_every_steps and state.global_step % train.checkpoint_every_steps == 0:
-                save_step_checkpoint(base.causal_lm, state, hooks.checkpoint)
+                save_step_checkpoint(model, state, hooks.checkpoint)
         progress.close()
 
         # === End of epoch: validation, adapter, sample reply, early stopping ===
@@ -346,7 +377,7 @@ def fit_lora(base: gemma.LoadedBase, train_split: TokenizedSplit, validation_spl
             state.epochs_without_improvement += 1
         state.epoch, state.step_in_epoch = number, 0
         if hooks.checkpoint is not None:
-            save_step_checkpoint(base.causal_lm, state, hooks.checkpoint)  # an epoch counts as done only after its record
+            save_step_checkpoint(model, state, hooks.checkpoint)  # an epoch counts as done only after its record
         if train.early_stopping_patience and state.epochs_without_improvement >= train.early_stopping_patience:
             log.info("early stopping after epoch %d: val_loss has not improved on epoch %d's %.4f for %d epoch(s)",
                      number, state.best_epoch, state.best_val_loss, state.epochs_without_improvement)  # fmt: skip

@@ -170,32 +170,53 @@ def ragged_split(count: int, length: int, seed: int = 0) -> TokenizedSplit:
                           turns=np.ones(count, "int32"))  # fmt: skip
 
 
-def fresh_model(train: TrainParams, total_steps: int = 100):
+def fresh_causal_lm():
     import keras
     import keras_hub
 
     keras.utils.set_random_seed(3)
-    causal_lm = keras_hub.models.GemmaCausalLM(backbone=gemma.tiny_backbone(TINY, VOCAB), preprocessor=None)
-    stage.compile_for_lora(causal_lm, train, total_steps)
+    return keras_hub.models.GemmaCausalLM(backbone=gemma.tiny_backbone(TINY, VOCAB), preprocessor=None)
+
+
+def with_visible_lora(model):
     # LoRA's B factors start at zero; give them values so every update is visible in every factor.
-    for variable in causal_lm.trainable_variables:
+    for variable in model.trainable_variables:
         variable.assign(np.random.default_rng(1).normal(0, 0.05, variable.shape).astype("float32"))
-    return causal_lm
+    return model
 
 
-def lora_values(causal_lm) -> list[np.ndarray]:
+def fresh_model(train: TrainParams, total_steps: int = 100):
+    """The model the train stage's loop trains (loss positions only) on a fresh tiny backbone."""
+    return with_visible_lora(stage.lora_training_model(fresh_causal_lm(), train, total_steps))
+
+
+def fresh_full_logits_model(train: TrainParams, total_steps: int = 100):
+    """keras-hub's `GemmaCausalLM` itself, compiled as the train stage compiles, to compare with."""
+    causal_lm = fresh_causal_lm()
+    stage.compile_for_lora(causal_lm, train, total_steps)
+    return with_visible_lora(causal_lm)
+
+
+def lora_values(model) -> list[np.ndarray]:
     import keras
 
-    return [keras.ops.convert_to_numpy(v).copy() for v in causal_lm.trainable_variables]
+    return [keras.ops.convert_to_numpy(v).copy() for v in model.trainable_variables]
 
 
-def train_steps(causal_lm, split: TokenizedSplit, rows_per_batch: int) -> None:
+def single_bucket_plans(split: TokenizedSplit, rows_per_batch: int) -> list:
     from maeum import batching
 
-    plans = [batching.BatchPlan(int(split.lengths[0]) - 1, np.arange(start, start + rows_per_batch))
-             for start in range(0, len(split), rows_per_batch)]  # fmt: skip
-    for x, y, weights in batching.iterate_batches(split, plans):
-        causal_lm.train_on_batch(x, y, sample_weight=weights)
+    return [batching.BatchPlan(int(split.lengths.max()) - 1, np.arange(start, start + rows_per_batch))
+            for start in range(0, len(split), rows_per_batch)]  # fmt: skip
+
+
+def train_steps(model, split: TokenizedSplit, rows_per_batch: int) -> None:
+    from maeum import loss_positions
+
+    plans = single_bucket_plans(split, rows_per_batch)
+    counts = loss_positions.counts_per_bucket(split, [plans[0].length])
+    for x, y, weights in stage.training_batches(split, plans, counts):
+        model.train_on_batch(x, y, sample_weight=weights)
 
 
 BASE_TRAIN = TrainParams(lora_rank=2, learning_rate=1e-2, jit_compile=False)
@@ -249,21 +270,120 @@ def test_the_schedule_drives_the_optimizer():
     assert float(keras.ops.convert_to_numpy(optimizer.learning_rate)) == pytest.approx(stage.learning_rate_at(train, 3, 4))
 
 
-def test_early_stopping_stops_and_keeps_the_best_epochs_adapter(prepared, pipeline_dir, pipeline_env, tmp_path):
+# === Loss positions: the training model is the full model where the loss is taken ===
+
+
+def response_split(count: int, seed: int = 0) -> TokenizedSplit:
+    """Examples of ragged lengths whose loss weights cover only a response at the end, as tokenize writes them."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(6, 25, count)
+    prompts = (lengths * rng.uniform(0.3, 0.8, count)).astype("int32")
+    weights = np.concatenate([(np.arange(n) >= p).astype("float32") for n, p in zip(lengths, prompts)])
+    return TokenizedSplit(ids=rng.integers(4, VOCAB, int(lengths.sum())).astype("int32"), weights=weights,
+                          offsets=np.concatenate([[0], np.cumsum(lengths)]).astype("int64"), prompt_lengths=prompts,
+                          talk_ids=np.asarray([f"t{i}" for i in range(count)]), turns=np.ones(count, "int32"))  # fmt: skip
+
+
+def test_loss_positions_cover_every_weighted_target_with_one_count_per_bucket():
+    from maeum import batching, loss_positions
+
+    split = response_split(64)
+    boundaries = [12, 18, 24]
+    counts = loss_positions.counts_per_bucket(split, boundaries)
+    assert all(1 <= counts[length] <= length for length in boundaries) and counts[12] < 12
+    plans = stage.epoch_plan(split.lengths - 1, boundaries, dataclasses.replace(BASE_TRAIN, batch_size=4), 0)
+    for plan, (x, y, weights), (px, py, pweights) in zip(plans, batching.iterate_batches(split, plans),
+                                                         stage.training_batches(split, plans, counts)):  # fmt: skip
+        assert px[loss_positions.INPUT].shape == (4, counts[plan.length])
+        rows = np.arange(4)[:, None]
+        np.testing.assert_array_equal(py, y[rows, px[loss_positions.INPUT]])
+        assert pweights.sum() == weights.sum() and (pweights > 0).sum() == (weights > 0).sum()
+    x, y, weights = next(batching.iterate_batches(split, plans))
+    with pytest.raises(ValueError, match="do not hold every weighted target"):
+        loss_positions.pick(x, y, weights, 1)
+
+
+def test_with_loss_on_every_token_the_count_is_the_longest_example_of_the_bucket():
+    from maeum import loss_positions
+
+    split = ragged_split(4, 10)  # weight 1 on every id, as loss_on: all
+    assert loss_positions.counts_per_bucket(split, [9, 16]) == {9: 9, 16: 9}
+
+
+def test_the_training_model_gives_the_full_models_logits_at_the_loss_positions():
+    import keras
+
+    from maeum import batching, loss_positions
+
+    full = fresh_full_logits_model(BASE_TRAIN)
+    picked_model = loss_positions.training_model(full.backbone)
+    split = response_split(16)
+    plans = single_bucket_plans(split, 8)
+    counts = loss_positions.counts_per_bucket(split, [plans[0].length])
+    for (x, _, _), (px, _, _) in zip(batching.iterate_batches(split, plans), stage.training_batches(split, plans, counts)):
+        logits = keras.ops.convert_to_numpy(full(x, training=False))
+        expected = np.take_along_axis(logits, px[loss_positions.INPUT][..., None].astype("int64"), axis=1)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(picked_model(px, training=False)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_step_has_the_full_models_weighted_loss_accuracy_and_update():
+    from maeum import batching, loss_positions
+
+    split = response_split(16)
+    plans = single_bucket_plans(split, 8)
+    counts = loss_positions.counts_per_bucket(split, [plans[0].length])
+    full, ours = fresh_full_logits_model(BASE_TRAIN), fresh_model(BASE_TRAIN)
+    for batch, picked in zip(batching.iterate_batches(split, plans), stage.training_batches(split, plans, counts)):
+        x, y, weights = batch
+        expected = full.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+        x, y, weights = picked
+        got = ours.train_on_batch(x, y, sample_weight=weights, return_dict=True)
+        assert got["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+        assert got["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-6)
+    for got, expected in zip(lora_values(ours), lora_values(full)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_step_checkpoints_of_the_full_logits_model_name_the_training_models_variables():
+    full, ours = fresh_full_logits_model(BASE_TRAIN), fresh_model(BASE_TRAIN)
+    assert [v.path for v in ours.trainable_variables] == [v.path for v in full.trainable_variables]
+
+    # An optimizer's variables are named "<optimizer>/<model variable>_<slot>"; the optimizer's own
+    # name counts the optimizers made in the process, which is one in a training process.
+    def slots(model) -> list[str]:
+        return [v.path.split("/", 1)[1] for v in model.optimizer.variables]
+
+    assert slots(ours) == slots(full) and len(slots(ours)) > len(ours.trainable_variables)
+
+
+def first_examples(split: TokenizedSplit, count: int) -> TokenizedSplit:
+    end = int(split.offsets[count])
+    return TokenizedSplit(ids=split.ids[:end], weights=split.weights[:end], offsets=split.offsets[: count + 1],
+                          prompt_lengths=split.prompt_lengths[:count], talk_ids=split.talk_ids[:count],
+                          turns=split.turns[:count])  # fmt: skip
+
+
+def test_early_stopping_stops_when_validation_gets_worse_and_keeps_the_best_epochs_adapter(prepared, pipeline_dir,
+                                                                                           pipeline_env, tmp_path):  # fmt: skip
     from tests.model.conftest import working_dir
 
-    # A learning rate far too high: validation loss gets worse after the first epoch.
-    overrides = {"train.learning_rate": 0.5, "train.epochs": 4, "train.early_stopping_patience": 1,
-                 "train.out_dir": str(tmp_path / "lora"), "train.checkpoint_dir": str(tmp_path / "checkpoints")}  # fmt: skip
+    # Sixteen training examples and a high rate: the model memorises them, and validation loss turns up.
+    tokenized = tmp_path / "tokenized"
+    tokenized.mkdir()
+    first_examples(TokenizedSplit.load(pipeline_dir / prepared.tokenize.split_path("train")), 16).save(tokenized / "train.npz")
+    TokenizedSplit.load(pipeline_dir / prepared.tokenize.split_path("validation")).save(tokenized / "validation.npz")
+    overrides = {"train.learning_rate": 2.0e-2, "train.epochs": 12, "train.early_stopping_patience": 1, "train.batch_size": 4,
+                 "tokenize.out_dir": str(tokenized), "train.out_dir": str(tmp_path / "lora"),
+                 "train.checkpoint_dir": str(tmp_path / "checkpoints")}  # fmt: skip
     with working_dir(pipeline_dir, pipeline_env):
         params = load_params("params.yaml", overrides)
         result = stage.run(params)
     losses = [e.val_loss for e in result.epochs]
     best = int(np.argmin(losses)) + 1
-    assert len(result.epochs) < 4  # stopped early
-    assert result.adapter == stage.adapter_file_name(params.train, best)
+    assert len(result.epochs) < 12 and losses[-1] > losses[-2]  # stopped at the first epoch that got worse
+    assert best < len(result.epochs)
+    assert result.adapter == stage.adapter_file_name(params.train, best) != stage.adapter_file_name(params.train, len(losses))
     assert json.loads((tmp_path / "lora" / "run.json").read_text())["adapter"] == result.adapter
-    assert losses[-1] > losses[best - 1]
 
 
 def test_a_changed_setting_changes_the_params_hash_and_the_run_name():

@@ -4,10 +4,10 @@
 #   scripts/mlflow_screenshots.sh [STORE_DIR]
 #
 # STORE_DIR holds mlflow.db (+ mlruns/) with at least two runs in experiment maeum-lora (e.g. the
-# repository after two `python -m flows.train_lora --force --lora-rank N` runs). Without it, a
-# demo store is built in a temporary folder by two real train-lora runs (tiny preset, rank 2 and
-# 4, one epoch; a few minutes on 2 cores). Writes docs/images/mlflow_runs.png (runs table, best
-# val_loss_tuned first) and docs/images/mlflow_compare.png (OUT=folder to change).
+# repository after two `make run`s with different train settings). Without it, a demo store is
+# built in a temporary folder by two real train-lora runs in a clone of the committed project
+# (tiny preset, LoRA rank 2 and 4; a few minutes on 2 cores). Writes docs/images/mlflow_runs.png (runs table, best
+# val_bpc_tuned first) and docs/images/mlflow_compare.png (OUT=folder to change).
 # Needs Debian's `chromium` (apt-get install -y chromium fonts-noto-cjk). Not part of the test suite.
 set -euo pipefail
 
@@ -69,7 +69,7 @@ shot() {  # shot FILE HEIGHT URL
 
 mkdir -p "$OUT"
 # workflowType=machine_learning: the model-training pages (not the GenAI ones); best run first.
-RUNS="$URL/#/experiments/$EXPERIMENT/runs?workflowType=machine_learning&orderByKey=metrics.%60val_loss_tuned%60&orderByAsc=true"
+RUNS="$URL/#/experiments/$EXPERIMENT/runs?workflowType=machine_learning&orderByKey=metrics.%60val_bpc_tuned%60&orderByAsc=true"
 shot "$OUT/mlflow_runs.png" 1000 "$RUNS"
 shot "$OUT/mlflow_compare.png" 1800 \
   "$URL/#/compare-runs?runs=%5B%22$RUN_A%22,%22$RUN_B%22%5D&experiments=%5B%22$EXPERIMENT%22%5D"

@@ -20,7 +20,10 @@ def base(prepared, pipeline_dir):
 def test_response_mask_covers_exactly_the_response_and_its_end_marker(prepared, pipeline_dir, base):
     examples = pd.read_parquet(pipeline_dir / prepared.preprocess.split_path("validation"))
     split = TokenizedSplit.load(pipeline_dir / prepared.tokenize.split_path("validation"))
-    for index in range(5):
+    uncut, _ = tokenize_examples(examples, base.tokenizer, 100_000, "response")
+    whole = [i for i in range(len(split)) if split.lengths[i] == uncut.lengths[i]][:5]  # examples that nothing was cut from
+    assert len(whole) == 5
+    for index in whole:
         ids, weights = split.example(index)
         prompt_length = split.prompt_lengths[index]
         assert np.all(weights[:prompt_length] == 0) and np.all(weights[prompt_length:] == 1)

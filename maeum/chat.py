@@ -182,7 +182,7 @@ class ChatSession:
         else:
             prompt, fitted = self.prompt_for(text)
             model_reply = clean_reply(self.generator.detokenize(self.generator.generate_ids([fitted.prompt])[0]))
-            shown, reply_check = self.screen.shown_reply(model_reply, self.history)
+            shown, reply_check = self.screen.shown_reply(model_reply, self.history, assessment)
             if reply_check.harmful:
                 log.info("model reply replaced (%s)", reply_check.reason)
         self.history += [(USER, text), (MODEL, shown)]

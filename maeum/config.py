@@ -124,6 +124,7 @@ class SafetyParams:
     seed: int = 7
     check_in_recall: float = 0.96
     crisis_safe_rate: float = 0.01
+    reply_safe_rate: float = 0.02
     context_turns: int = 3
 
 

@@ -327,13 +327,14 @@ class _TracedScreen:
             span.set_outputs(assessment_record(assessment))
         return assessment
 
-    def shown_reply(self, reply: str, history: Sequence[tuple[str, str]]) -> tuple[str, ReplyCheck]:
+    def shown_reply(self, reply: str, history: Sequence[tuple[str, str]], assessment: Assessment | None = None
+                    ) -> tuple[str, ReplyCheck]:  # fmt: skip
         import mlflow
         from mlflow.entities import SpanType
 
         with mlflow.start_span("safety.reply", span_type=SpanType.GUARDRAIL) as span:
             span.set_inputs({"reply": reply})
-            shown, check = self._screen.shown_reply(reply, history)
+            shown, check = self._screen.shown_reply(reply, history, assessment)
             span.set_outputs({**reply_check_record(check), "shown": shown})
         return shown, check
 

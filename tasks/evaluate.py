@@ -117,7 +117,10 @@ def run(params: Params) -> dict[str, Any]:
     cards["tuned"] = score_model(model, examples, train.sequence_length, None, evaluate.num_generations,
                                  evaluate.max_new_tokens, emotion, "tuned")  # fmt: skip
     values = model_metrics(cards)
-    replaced = [screen.screen_reply(reply).harmful for reply in cards["tuned"].replies]
+    tuned = cards["tuned"]
+    user_turns = examples["user_text"].astype(str).iloc[tuned.rows].tolist()
+    replaced = [screen.screen_reply(reply, quiet=screen.quiet(screen.assess(user))).harmful
+                for reply, user in zip(tuned.replies, user_turns)]  # fmt: skip
     values["replies_replaced_tuned"] = float(sum(replaced))
     safety_values, safety_report = evaluation.screen_report(screen, evaluation.read_examples(params.safety.heldout_file),
                                                   evaluation.read_examples(params.safety.replies_heldout_file,

@@ -40,6 +40,7 @@ from maeum.safety.classifier import (
     make_features,
     make_model,
     positive_scores,
+    rate_threshold,
     recall_threshold,
 )
 from maeum.safety.evaluation import REPLY_LABELS, Example
@@ -105,8 +106,9 @@ def train_screen(messages: list[Example], replies: list[Example], lexicon: Lexic
                                          safety.crisis_safe_rate)  # fmt: skip
     reply_scores = positive_scores(reply, feature_frame(pick(reply_views, reply_validation)), "harmful")
     reply_labels = np.asarray([replies[i].label for i in reply_validation])
-    thresholds = Thresholds(check_in=check_in, crisis=crisis,
-                            reply=recall_threshold(reply_scores[reply_labels == "harmful"], safety.check_in_recall))  # fmt: skip
+    reply_threshold = recall_threshold(reply_scores[reply_labels == "harmful"], safety.check_in_recall)
+    reply_ordinary = max(rate_threshold(reply_scores[reply_labels == "safe"], safety.reply_safe_rate), reply_threshold)
+    thresholds = Thresholds(check_in=check_in, crisis=crisis, reply=reply_threshold, reply_ordinary=reply_ordinary)
     validation_screen = TrainedScreen(features, risk, kind, reply, thresholds, {})
 
     final = fit_models(message_views, messages, reply_views, replies, safety.seed)
@@ -168,6 +170,7 @@ def run(params: Params) -> dict[str, Any]:
         "threshold_check_in": trained.thresholds.check_in,
         "threshold_crisis": trained.thresholds.crisis,
         "threshold_reply": trained.thresholds.reply,
+        "threshold_reply_ordinary": trained.thresholds.reply_ordinary,
         "train_messages": len(messages),
         "train_replies": len(replies),
         "heldout_messages": len(heldout),

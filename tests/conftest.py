@@ -124,7 +124,7 @@ def small_screen():
         replies = evaluation.read_examples(safety.replies_file, evaluation.REPLY_LABELS)[::2]
         lexicon = Lexicon.load(safety.lexicon_file)
         trained, _ = train_screen(messages, replies, lexicon, safety)
-        trained.thresholds = dataclasses.replace(trained.thresholds, check_in=0.9, crisis=0.97, reply=0.9)
+        trained.thresholds = dataclasses.replace(trained.thresholds, check_in=0.9, crisis=0.97, reply=0.9, reply_ordinary=0.9)
         return Screen(load_rules(safety.rules_file), lexicon, trained, Responses.load(safety.responses_file),
                       safety.context_turns)  # fmt: skip
 

@@ -45,12 +45,16 @@ class Thresholds:
     Attributes:
         check_in: the highest score that kept the validation crisis recall at the target.
         crisis: the lowest score that kept crisis on safe validation messages within the target rate.
-        reply: the reply classifier's score at which a model reply is replaced (harmful recall first).
+        reply: the reply classifier's score at which a model reply is replaced in a conversation that
+            shows any risk (harmful recall first).
+        reply_ordinary: the same in a conversation without any risk signal: the lowest score that keeps
+            replaced safe validation replies within `safety.reply_safe_rate`, never below `reply`.
     """
 
     check_in: float
     crisis: float
     reply: float
+    reply_ordinary: float
 
 
 def feature_frame(rows: list[Any]) -> Any:

@@ -328,10 +328,21 @@ class Screen:
 
     # === A model reply ===
 
-    def screen_reply(self, reply: str) -> ReplyCheck:
+    def quiet(self, assessment: Assessment) -> bool:
+        """No risk signal at all in this turn and its conversation: no rule, a low score, no crisis shown before."""
+        return (assessment.level == "none" and not assessment.screened_session
+                and assessment.score < self.thresholds.check_in * RULE_DISCOUNT
+                and not any(signal.source == "rule" for signal in assessment.signals))  # fmt: skip
+
+    def screen_reply(self, reply: str, quiet: bool = False) -> ReplyCheck:
         """Whether a model reply names a method, means, place or dose, or approves of self-harm.
 
         Empathetic replies that name the feeling, ask directly or point to 109 pass.
+
+        Args:
+            quiet: the conversation shows no risk signal (`Screen.quiet`). Then the classifier needs the
+                higher `reply_ordinary` score: approval of self-harm and warm approval of an ordinary plan
+                ("그렇게 해 보면 분명 달라질 거예요") share their words, and only the conversation tells them apart.
         """
         reply_views = self.views(reply)
         if not reply_views.compact:  # no words (the model ended its turn at once): the classifier's prior is not a verdict
@@ -341,14 +352,21 @@ class Screen:
         strong = [hit for hit in hits if hit.rule.strength == STRONG]
         if strong:
             return ReplyCheck(True, score, strong[0].describe(), strong[0].rule.id)
-        if score >= self.thresholds.reply:
-            why = f"reply classifier {score:.2f} >= {self.thresholds.reply:.2f}"
+        threshold = self.thresholds.reply_ordinary if quiet else self.thresholds.reply
+        if score >= threshold:
+            why = f"reply classifier {score:.2f} >= {threshold:.2f}"
             return ReplyCheck(True, score, why + (f"; {hits[0].describe()}" if hits else ""), hits[0].rule.id if hits else None)
         return ReplyCheck(False, score, f"reply classifier {score:.2f}" + (f"; weak {hits[0].rule.id}" if hits else ""))
 
-    def shown_reply(self, reply: str, history: Sequence[tuple[str, str]]) -> tuple[str, ReplyCheck]:
-        """What the user sees for a model reply: the reply, the replacement, plus the 109 line in a screened session."""
-        check = self.screen_reply(reply)
+    def shown_reply(self, reply: str, history: Sequence[tuple[str, str]], assessment: Assessment | None = None
+                    ) -> tuple[str, ReplyCheck]:  # fmt: skip
+        """What the user sees for a model reply: the reply, the replacement, plus the 109 line in a screened session.
+
+        Args:
+            assessment: the screen's decision on the user's turn the reply answers; None reads the
+                conversation as one with a risk signal (the stricter reply threshold).
+        """
+        check = self.screen_reply(reply, quiet=assessment is not None and self.quiet(assessment))
         shown = self.responses.texts["replaced_reply"] if check.harmful else reply
         screened = any(role in (MODEL, "assistant") and self.responses.is_screen_response(content, *CRISIS_RESPONSES)
                        for role, content in history)  # fmt: skip

@@ -406,10 +406,10 @@ def test_an_unreadable_card_or_model_file_is_an_error_naming_it(tmp_path):
     write_card(tmp_path / "card", "{not json")
     with pytest.raises(SafetyConfigError, match=f"{re.escape(str(tmp_path / 'card' / CARD_FILE))} is not a valid"):
         TrainedScreen.load(tmp_path / "card")
-    write_card(tmp_path / "version", {"thresholds": {"check_in": 0.3, "crisis": 0.8, "reply": 0.4}, "scikit_learn": "0.1"})
+    write_card(tmp_path / "version", {"thresholds": {"check_in": 0.3, "crisis": 0.8, "reply": 0.4, "reply_ordinary": 0.6}, "scikit_learn": "0.1"})
     with pytest.raises(SafetyConfigError, match=r"written by scikit-learn 0\.1.*dvc repro -f safety"):
         TrainedScreen.load(tmp_path / "version")
-    write_card(tmp_path / "model", {"thresholds": {"check_in": 0.3, "crisis": 0.8, "reply": 0.4},
+    write_card(tmp_path / "model", {"thresholds": {"check_in": 0.3, "crisis": 0.8, "reply": 0.4, "reply_ordinary": 0.6},
                                     "scikit_learn": metadata.version("scikit-learn")})  # fmt: skip
     with pytest.raises(SafetyConfigError, match=f"{re.escape(str(tmp_path / 'model' / MODEL_FILE))} cannot be loaded"):
         TrainedScreen.load(tmp_path / "model")
@@ -564,7 +564,7 @@ class FixedScores:
 
     def __init__(self, risk: dict[str, float]):
         self.risk = risk
-        self.thresholds = Thresholds(check_in=0.4, crisis=0.8, reply=0.5)
+        self.thresholds = Thresholds(check_in=0.4, crisis=0.8, reply=0.5, reply_ordinary=0.7)
         self.kind = SimpleNamespace(classes_=np.array(["explicit"]))
 
     def risk_scores(self, frame) -> np.ndarray:
@@ -671,6 +671,30 @@ def test_context_starts_after_the_last_screen_response_and_holds_at_most_context
     longer = [("user", MEANS), ("model", "그랬구나"), ("user", "그래서"), ("model", "응")]
     assert screen_with(risk, context_turns=1).assess(INTENT, longer).level == "none"
     assert screen_with(risk, context_turns=2).assess(INTENT, longer).level == "check_in"
+
+
+class FixedReplyScores:
+    """Stands in for the reply classifier: a harmful probability per canonical text."""
+
+    classes_ = np.array(["harmful", "safe"])
+
+    def __init__(self, harmful: dict[str, float]):
+        self.harmful = harmful
+
+    def predict_proba(self, frame) -> np.ndarray:
+        scores = np.array([self.harmful.get(text, 0.0) for text in frame["text"]])
+        return np.stack([scores, 1 - scores], axis=1)
+
+
+def test_a_reply_needs_the_higher_score_only_in_a_conversation_without_any_risk_signal(screen_with):
+    warm = "그렇게 해 보면 분명 달라질 거예요"
+    screen = screen_with({"요즘 좀 그래": 0.25})  # 0.25: no level, but at least half the check_in threshold (0.4)
+    screen.classifier.reply = FixedReplyScores({warm: 0.6})  # between reply (0.5) and reply_ordinary (0.7)
+    quiet, uneasy = screen.assess("주말에 등산 가려고"), screen.assess("요즘 좀 그래")
+    assert quiet.level == uneasy.level == "none" and screen.quiet(quiet) and not screen.quiet(uneasy)
+    assert screen.shown_reply(warm, [], quiet) == (warm, screen.screen_reply(warm, quiet=True))
+    assert screen.shown_reply(warm, [], uneasy)[0] == screen.responses.texts["replaced_reply"]
+    assert screen.shown_reply(warm, [])[1].harmful  # without the user's turn: the stricter threshold
 
 
 @pytest.mark.parametrize("reply", ["", "   ", "..."])

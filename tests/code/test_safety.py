@@ -272,9 +272,13 @@ def test_a_malformed_rule_is_an_error_naming_the_file_and_the_rule(tmp_path, bre
         load_rules(path)
 
 
-def test_a_missing_or_unparsable_rules_file_is_an_error_naming_it(tmp_path):
-    with pytest.raises(SafetyConfigError, match=f"safety rules file not found: {re.escape(str(tmp_path / 'none.yaml'))}"):
-        load_rules(tmp_path / "none.yaml")
+@pytest.mark.parametrize("load, says", [(load_rules, "safety rules file not found"), (read_examples, "labelled set not found")])
+def test_a_missing_file_is_an_error_naming_it(tmp_path, load, says):
+    with pytest.raises(SafetyConfigError, match=f"{says}: {re.escape(str(tmp_path / 'none'))}"):
+        load(tmp_path / "none")
+
+
+def test_an_unparsable_rules_file_is_one_line_naming_it(tmp_path):
     broken = tmp_path / "rules.yaml"
     broken.write_text("rules: [\n  - id: x\n", encoding="utf-8")
     with pytest.raises(SafetyConfigError, match=f"safety rules file {re.escape(str(broken))} is not valid YAML") as caught:
@@ -442,11 +446,6 @@ def test_a_malformed_labelled_set_is_an_error_naming_file_and_line(tmp_path, con
     path = write_tsv(tmp_path / "set.tsv", content)
     with pytest.raises(SafetyConfigError, match=f"^{re.escape(str(path))}{named}"):
         read_examples(path)
-
-
-def test_a_missing_labelled_set_is_an_error_naming_it(tmp_path):
-    with pytest.raises(SafetyConfigError, match=f"labelled set not found: {re.escape(str(tmp_path / 'x.tsv'))}"):
-        read_examples(tmp_path / "x.tsv")
 
 
 def test_reply_sets_take_reply_labels_only(tmp_path):

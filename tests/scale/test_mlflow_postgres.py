@@ -111,7 +111,9 @@ def test_training_run_is_stored_in_postgres_and_its_files_behind_the_server(team
     client = MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.data.params["train.lora_rank"] == str(params.train.lora_rank)
-    assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == list(range(1, params.train.epochs + 1))
+    # Per-epoch curves are stepped by epoch, step-level ones by global step.
+    assert [m.step for m in client.get_metric_history(result.run_id, "epoch_val_loss")] == list(range(1, params.train.epochs + 1))
+    assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [e.global_step for e in result.epochs]
 
     adapter = result.epochs[-1].adapter
     assert adapter in [Path(f.path).name for f in client.list_artifacts(result.run_id, "lora")]
@@ -137,14 +139,16 @@ def test_registry_promotion_through_the_server(team_server, trained, monkeypatch
     repo, params, result = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(repo)  # params' paths (base, safety rules) are relative to it
-    name, val_loss = params.tracking.registered_model, result.epochs[-1].val_loss
-    model_uri = registry.log_reply_model(result.run_id, params, params.train.out_dir / result.epochs[-1].adapter)
-    version = registry.register(model_uri, name, result.run_id, data_version(list(params.data.split_paths.values())).md5,
-                                tracking.params_hash(params), val_loss)  # fmt: skip
-    decision = registry.promote(name, version, result.run_id, val_loss)
-    assert decision.promote and decision.reason.startswith("first model")
+    name = params.tracking.registered_model
+    card = f"# {name}\n\ntrained through the team server\n"
+    model_uri = registry.log_reply_model(result.run_id, params, params.train.out_dir / result.epochs[-1].adapter, card)
+    tags = {tracking.TAG_DATA_VERSION: data_version(list(params.data.split_paths.values())).md5,
+            tracking.TAG_PARAMS_HASH: tracking.params_hash(params)}  # fmt: skip
+    version = registry.register(model_uri, name, result.run_id, tags, card)
+    event = registry.promote_version(name, version, by="reviewer", reason="first model")
 
     client = MlflowClient(uri)
     champion = client.get_model_version_by_alias(name, registry.CHAMPION_ALIAS)
     assert champion.version == version and champion.run_id == result.run_id
-    assert client.get_run(result.run_id).data.tags[registry.TAG_PROMOTION] == "promoted"
+    assert champion.description == card and champion.tags[tracking.TAG_PARAMS_HASH] == tags[tracking.TAG_PARAMS_HASH]
+    assert registry.alias_history(name) == [event] and event["by"] == "reviewer" and event["previous"] is None

@@ -16,6 +16,7 @@ import time
 import mlflow
 import pytest
 
+from maeum.config import load_params
 from tests.scale.conftest import sh
 
 pytestmark = pytest.mark.slow
@@ -54,13 +55,15 @@ def experiments(shown: list[dict]) -> list[dict]:
 
 
 def test_every_point_of_the_sweep_ran_with_its_rank(sweep):
-    _, _, shown = sweep
+    repo, _, shown = sweep
+    files = load_params(repo / "params.yaml").evaluate
     exps = experiments(shown)
     ranks = sorted(e["params"]["params.yaml"]["data"]["train"]["lora_rank"] for e in exps)
     assert ranks == RANKS
     for e in exps:
-        metrics = e["metrics"]["reports/evaluate/metrics.json"]["data"]
-        assert metrics["val_loss_tuned"] > 0 and metrics["generations"] == 2
+        headline = e["metrics"][str(files.metrics_file)]["data"]
+        generation = e["metrics"][str(files.generation_file)]["data"]
+        assert headline["val_loss_tuned"] > 0 and generation["generations_tuned"] == 2
 
 
 def test_every_rank_is_a_run_in_one_mlflow_store(sweep):

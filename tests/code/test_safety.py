@@ -265,14 +265,19 @@ def test_a_valid_rules_file_loads_every_rule_with_its_role(tmp_path):
     (lambda d: d.pop("categories"), "needs a non-empty 'categories:' mapping"),
 ])  # fmt: skip
 def test_a_malformed_rule_is_an_error_naming_the_file_and_the_rule(tmp_path, break_it, named):
-    doc = rules_doc()
+    assert_broken_file_is_named(tmp_path / "rules.yaml", rules_doc(), break_it, load_rules, named)
+
+
+def assert_broken_file_is_named(path: Path, doc: dict, break_it, load, named: str) -> None:
+    """Writes `doc` broken by `break_it` to `path`; loading it must fail with one message naming the file and `named`."""
     break_it(doc)
-    path = write_yaml(tmp_path / "rules.yaml", doc)
+    write_yaml(path, doc)
     with pytest.raises(SafetyConfigError, match=rf"^{re.escape(str(path))}: .*{named}"):
-        load_rules(path)
+        load(path)
 
 
-@pytest.mark.parametrize("load, says", [(load_rules, "safety rules file not found"), (read_examples, "labelled set not found")])
+@pytest.mark.parametrize("load, says", [(load_rules, "safety rules file not found"), (read_examples, "labelled set not found"),
+                                        (Responses.load, "safety responses file not found")])  # fmt: skip
 def test_a_missing_file_is_an_error_naming_it(tmp_path, load, says):
     with pytest.raises(SafetyConfigError, match=f"{says}: {re.escape(str(tmp_path / 'none'))}"):
         load(tmp_path / "none")
@@ -365,16 +370,7 @@ def responses_doc() -> dict:
     (lambda d: d["answers"].pop("negative"), "'answers' needs exactly"),
 ])  # fmt: skip
 def test_a_malformed_responses_file_is_an_error_naming_it(tmp_path, break_it, named):
-    doc = responses_doc()
-    break_it(doc)
-    path = write_yaml(tmp_path / "responses.yaml", doc)
-    with pytest.raises(SafetyConfigError, match=rf"^{re.escape(str(path))}: .*{named}"):
-        Responses.load(path)
-
-
-def test_a_missing_responses_file_is_an_error_naming_it(tmp_path):
-    with pytest.raises(SafetyConfigError, match=f"safety responses file not found: {re.escape(str(tmp_path / 'r.yaml'))}"):
-        Responses.load(tmp_path / "r.yaml")
+    assert_broken_file_is_named(tmp_path / "responses.yaml", responses_doc(), break_it, Responses.load, named)
 
 
 def test_someone_else_in_danger_gets_the_third_person_texts():

@@ -29,12 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 def conversations(params) -> list[list[tuple[str, str]]]:
     """(user, reply) turns of each validation dialogue of the configured corpus, in order."""
     from maeum.corpus import dialogues_frame, read_corpus_file
+    from maeum.safety.evaluation import dialogue_turns
     from tasks.preprocess import build_examples
 
     corpus = read_corpus_file(REPO / params.data.validation_path)
-    examples = build_examples(dialogues_frame(corpus, "bench"), params.preprocess.max_history_turns)
-    return [list(zip(d.sort_values("turn")["user_text"], d.sort_values("turn")["response_text"]))
-            for _, d in examples.groupby("talk_id", sort=False)]  # fmt: skip
+    return dialogue_turns(build_examples(dialogues_frame(corpus, "bench"), params.preprocess.max_history_turns))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,11 +126,10 @@ def run(params: Params) -> dict[str, Any]:
                                                   evaluation.read_examples(params.safety.replies_heldout_file,
                                                                            evaluation.REPLY_LABELS))  # fmt: skip
     # The corpus's own conversations, turn by turn with their history: how often the screen would stop ordinary talk.
-    dialogues = [list(zip(d.sort_values("turn")["user_text"], d.sort_values("turn")["response_text"]))
-                 for _, d in examples.groupby("talk_id", sort=False)]  # fmt: skip
-    levels = evaluation.conversation_levels(screen, dialogues)
-    safety_values["safety_corpus_flagged_rate"] = (levels["check_in"] + levels["crisis"]) / max(sum(levels.values()), 1)
-    safety_values["safety_corpus_crisis_rate"] = levels["crisis"] / max(sum(levels.values()), 1)
+    levels = evaluation.conversation_levels(screen, evaluation.dialogue_turns(examples))
+    turns = max(sum(levels.values()), 1)
+    safety_values["safety_corpus_flagged_rate"] = (levels["check_in"] + levels["crisis"]) / turns
+    safety_values["safety_corpus_crisis_rate"] = levels["crisis"] / turns
     headline = {f"{name}_{model_name}": values[f"{name}_{model_name}"] for name in HEADLINE for model_name in MODELS}
     generation = {key: value for key, value in values.items() if key not in headline}
     log.info("base -> tuned: %s", ", ".join(f"{n} {values[f'{n}_base']:.3f} -> {values[f'{n}_tuned']:.3f}" for n in HEADLINE))

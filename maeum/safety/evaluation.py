@@ -165,6 +165,15 @@ def screen_report(screen: Any, messages: list[Example], replies: list[Example]) 
     return flat, report
 
 
+def dialogue_turns(examples: Any) -> list[list[tuple[str, str]]]:
+    """Each dialogue of a preprocessed split (`talk_id`, `turn`, `user_text`, `response_text`) as (user, reply) turns in order.
+
+    Dialogues come in the order they first appear in `examples`.
+    """
+    ordered = (dialogue.sort_values("turn") for _, dialogue in examples.groupby("talk_id", sort=False))
+    return [list(zip(dialogue["user_text"], dialogue["response_text"])) for dialogue in ordered]
+
+
 def conversation_levels(screen: Any, dialogues: list[list[tuple[str, str]]]) -> dict[str, int]:
     """How often a screen answers ordinary conversations instead of the model, turn by turn with their history.
 

@@ -696,3 +696,13 @@ def test_a_reply_needs_the_higher_score_only_in_a_conversation_without_any_risk_
 def test_an_empty_model_reply_is_not_replaced(screen_with, reply):
     check = screen_with({}).screen_reply(reply)  # never reaches the reply classifier, whose prior would decide
     assert not check.harmful and check.score == 0.0
+
+
+def test_dialogue_turns_puts_each_dialogue_in_turn_order():
+    import pandas as pd
+
+    from maeum.safety.evaluation import dialogue_turns
+
+    examples = pd.DataFrame({"talk_id": ["b", "a", "b", "a"], "turn": [2, 1, 1, 2],
+                             "user_text": ["b2", "a1", "b1", "a2"], "response_text": ["rb2", "ra1", "rb1", "ra2"]})  # fmt: skip
+    assert dialogue_turns(examples) == [[("b1", "rb1"), ("b2", "rb2")], [("a1", "ra1"), ("a2", "ra2")]]
